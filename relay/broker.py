@@ -1,0 +1,145 @@
+"""Signals that "ticket X has new events" and "cancel ticket X", never the events themselves.
+
+Readers in this process are woken in memory (a gevent Event per watched ticket). With Redis
+configured, signals also cross to other workers and hosts over pub/sub; without it, readers whose
+producer runs elsewhere poll the database (the truth) every RELAY_POLL_MS. The Redis listener is
+started lazily, after gunicorn forked and patched, never at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import gevent
+import gevent.event
+
+log = logging.getLogger("relay.broker")
+
+_EVENTS_CHANNEL = "relay:events"
+_CANCEL_CHANNEL = "relay:cancel"
+
+
+@dataclass
+class _Watch:
+    version: int = 0
+    waiters: int = 0
+    event: gevent.event.Event = field(default_factory=gevent.event.Event)
+
+
+class Broker:
+    """In-process wake-ups and cancel callbacks, mirrored over Redis pub/sub when configured."""
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.redis_url = redis_url
+        self._watches: dict[str, _Watch] = {}
+        self._cancel_callbacks: dict[str, Callable[[], None]] = {}
+        self._origin = secrets.token_hex(6)
+        self._redis = None
+        self._listener: gevent.Greenlet | None = None
+        self._pid = os.getpid()
+
+    @property
+    def crosses_processes(self) -> bool:
+        return self.redis_url is not None
+
+    def version(self, ticket_id: str) -> int:
+        """A counter that changes whenever `notify(ticket_id)` runs in this process."""
+        watch = self._watches.get(ticket_id)
+        return watch.version if watch else 0
+
+    @contextmanager
+    def watching(self, ticket_id: str) -> Iterator[None]:
+        """Register interest in ticket_id, so no notify between `version` and `wait` is lost."""
+        self._ensure_listener()
+        watch = self._watches.setdefault(ticket_id, _Watch())
+        watch.waiters += 1
+        try:
+            yield
+        finally:
+            watch.waiters -= 1
+            if watch.waiters == 0 and self._watches.get(ticket_id) is watch:
+                del self._watches[ticket_id]
+
+    def wait(self, ticket_id: str, seen_version: int, timeout: float) -> bool:
+        """Inside `watching`: block until notified after `seen_version`, or `timeout` passes."""
+        watch = self._watches[ticket_id]
+        if watch.version != seen_version:
+            return True
+        return watch.event.wait(timeout)
+
+    def notify(self, ticket_id: str) -> None:
+        """Wake every reader of ticket_id, here and (with Redis) on other workers and hosts."""
+        self._wake_local(ticket_id)
+        self._publish(_EVENTS_CHANNEL, ticket_id)
+
+    def on_cancel(self, ticket_id: str, callback: Callable[[], None]) -> None:
+        """Register the local producer's cancel callback for ticket_id."""
+        self._ensure_listener()
+        self._cancel_callbacks[ticket_id] = callback
+
+    def off_cancel(self, ticket_id: str) -> None:
+        self._cancel_callbacks.pop(ticket_id, None)
+
+    def cancel(self, ticket_id: str) -> None:
+        """Tell the producer of ticket_id to stop, wherever it runs."""
+        self._cancel_local(ticket_id)
+        self._publish(_CANCEL_CHANNEL, ticket_id)
+
+    def _wake_local(self, ticket_id: str) -> None:
+        watch = self._watches.get(ticket_id)
+        if watch is not None:
+            watch.version += 1
+            woken, watch.event = watch.event, gevent.event.Event()
+            woken.set()
+
+    def _cancel_local(self, ticket_id: str) -> None:
+        callback = self._cancel_callbacks.get(ticket_id)
+        if callback is not None:
+            callback()
+
+    def _publish(self, channel: str, ticket_id: str) -> None:
+        if self.redis_url is None:
+            return
+        try:
+            self._client().publish(channel, f"{self._origin}:{ticket_id}")
+        except Exception as exc:  # Redis is an accelerator; the database stays the truth.
+            log.warning("redis publish failed: %s", exc)
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        if self._redis is None or self._pid != os.getpid():
+            import redis
+
+            self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+            self._pid = os.getpid()
+        return self._redis
+
+    def _ensure_listener(self) -> None:
+        if self.redis_url is None:
+            return
+        if self._listener is None or self._listener.dead:
+            self._listener = gevent.spawn(self._listen)
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(_EVENTS_CHANNEL, _CANCEL_CHANNEL)
+                for message in pubsub.listen():
+                    self._dispatch(message["channel"], message["data"])
+            except Exception as exc:
+                log.warning("redis listener failed, retrying in 1s: %s", exc)
+                gevent.sleep(1.0)
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        origin, _, ticket_id = data.decode().partition(":")
+        if origin == self._origin:
+            return
+        if channel.decode() == _EVENTS_CHANNEL:
+            self._wake_local(ticket_id)
+        else:
+            self._cancel_local(ticket_id)

@@ -1,0 +1,125 @@
+"""Every setting relay reads, in one table, and `load_config` to read them from an environment.
+
+This module must not import the app: `create_app` calls `load_config(os.environ)` and nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true/false")
+
+
+def _positive(cast: Callable[[str], float | int]) -> Callable[[str], Any]:
+    def parse(raw: str) -> float | int:
+        value = cast(raw)
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its config key, default, parser and help text."""
+
+    env: str
+    key: str
+    default: Any
+    cast: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "DATABASE_URL", None, str,
+            "SQLAlchemy URL of the store; default a SQLite file `relay.db` in the instance folder."),
+    Setting("REDIS_URL", "REDIS_URL", None, str,
+            "Redis URL for cross-worker/cross-host wake-ups and cancels; unset: single machine."),
+    Setting("OPENAI_API_KEY", "OPENAI_API_KEY", None, str,
+            "Key for the OpenAI-compatible upstream; unset: the built-in mock."),
+    Setting("OPENAI_BASE_URL", "OPENAI_BASE_URL", None, str,
+            "Base URL of the OpenAI-compatible upstream (e.g. `http://127.0.0.1:8000/v1`)."),
+    Setting("RELAY_SECRET_KEY", "SECRET_KEY", None, str,
+            "Signs session cookies; default generated once into `secret_key` in the instance "
+            "folder."),
+    Setting("RELAY_DEFAULT_MODEL", "DEFAULT_MODEL", None, str,
+            "Model used when a request names none; default the upstream's first model, or "
+            "`mock-echo`."),
+    Setting("RELAY_UPSTREAM", "UPSTREAM", "auto", _choice("auto", "mock", "openai"),
+            "`mock`, `openai`, or `auto` (openai when `OPENAI_API_KEY` is set, else mock)."),
+    Setting("RELAY_HEARTBEAT_SECONDS", "HEARTBEAT_SECONDS", 15.0, _positive(float),
+            "Silence on a stream before a `: ping` comment is sent."),
+    Setting("RELAY_RETRY_MS", "RETRY_MS", 2000, _positive(int),
+            "The `retry:` reconnection delay sent to EventSource clients."),
+    Setting("RELAY_UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_TIMEOUT_SECONDS", 60.0, _positive(float),
+            "Upstream silence (before the first chunk or between chunks) that fails a ticket."),
+    Setting("RELAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0,
+            _positive(float), "Time allowed to connect to the upstream."),
+    Setting("RELAY_MAX_PROMPT_BYTES", "MAX_PROMPT_BYTES", 4 * 1024 * 1024, _positive(int),
+            "Largest accepted `POST /new` request body, in bytes (larger: 413)."),
+    Setting("RELAY_MOCK_DELAY_MS", "MOCK_DELAY_MS", 20.0, float,
+            "The mock upstream's pause between chunks, in milliseconds."),
+    Setting("RELAY_CANCEL_ON_DISCONNECT", "CANCEL_ON_DISCONNECT", False, _bool,
+            "Stop generation when the last reader of a ticket on this worker disconnects and "
+            "none returns within `RELAY_DISCONNECT_GRACE_SECONDS` (default: keep generating, so "
+            "the answer is stored and can be resumed)."),
+    Setting("RELAY_DISCONNECT_GRACE_SECONDS", "DISCONNECT_GRACE_SECONDS", 10.0, float,
+            "With `RELAY_CANCEL_ON_DISCONNECT`, how long to wait for a reader to reconnect."),
+    Setting("RELAY_LEASE_SECONDS", "LEASE_SECONDS", 15.0, _positive(float),
+            "A generating worker renews its claim on a ticket this often x3; a claim not renewed "
+            "for this long (the worker died) fails the ticket with `worker_lost`."),
+    Setting("RELAY_FLUSH_MS", "FLUSH_MS", 25.0, float,
+            "How long a stream's chunks may gather before they are committed in one transaction."),
+    Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),
+            "How often a reader on another worker checks the database for new events when "
+            "Redis is not configured."),
+    Setting("RELAY_INSTANCE_PATH", "INSTANCE_PATH", None, str,
+            "Folder for the SQLite file and generated secret; default `./instance`."),
+    Setting("RELAY_LOG_LEVEL", "LOG_LEVEL", "INFO",
+            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of relay's own logger."),
+)
+
+
+def load_config(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return the config mapping for `environ`, raising ConfigError naming a bad variable."""
+    config: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.env)
+        if raw is None or raw == "":
+            config[setting.key] = setting.default
+            continue
+        try:
+            config[setting.key] = setting.cast(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}={raw!r} is invalid: {exc}") from exc
+    return config
+
+
+def default_instance_path() -> str:
+    """Where the instance folder lives when RELAY_INSTANCE_PATH is not set."""
+    return os.path.join(os.getcwd(), "instance")

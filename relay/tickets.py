@@ -1,0 +1,368 @@
+"""Tickets in the store: create, load with an owner check, claim, append events, finish, cancel.
+
+Must not use `request` or `g`. The streaming path uses short Core transactions on `db.engine`
+(each write starts with its UPDATE, so SQLite takes the write lock first and never has to upgrade
+a read snapshot); creation uses the ORM session of the request.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from .db import db
+from .errors import Conflict, ConversationNotFound, InvalidRequest, TicketNotFound
+from .models import FINISHED_STATUSES, Conversation, Message, Ticket, TicketEvent
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_tickets = Ticket.__table__
+_events = TicketEvent.__table__
+_messages = Message.__table__
+
+StoredEvent = tuple[int, str, str]
+"""(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    """A validated `POST /new` body."""
+
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    conversation_id: str | None
+    model: str
+    system: str | None
+    temperature: float | None
+    max_tokens: int | None
+    regenerate: bool
+
+
+@dataclass(frozen=True)
+class TicketState:
+    """The columns a stream needs to decide what to do next."""
+
+    status: str
+    last_seq: int
+    lease_expires_at: float | None
+
+
+def new_id() -> str:
+    """An unguessable URL-safe id (192 random bits)."""
+    return secrets.token_urlsafe(24)
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_PATTERN.match(value))
+
+
+def create_ticket(owner: str, spec: NewTicket) -> Ticket:
+    """Store the request (and its conversation turn) as a pending ticket owned by `owner`."""
+    session = db.session
+    now = time.time()
+    if spec.conversation_id is not None:
+        conversation = load_conversation(spec.conversation_id, owner)
+        _settle_active_tickets(conversation.id)
+    else:
+        if spec.regenerate:
+            raise InvalidRequest("`regenerate` needs the `conversation_id` to regenerate in.")
+        first = spec.prompt if spec.prompt is not None else spec.messages[-1]["content"]  # type: ignore[index]
+        conversation = Conversation(id=new_id(), owner=owner, title=_title(first), created_at=now)
+        session.add(conversation)
+    conversation.updated_at = now
+
+    history = conversation_messages(conversation.id)
+    if spec.regenerate:
+        while history and history[-1].role == "assistant":
+            session.delete(history.pop())
+        if not history or history[-1].role != "user":
+            raise InvalidRequest("There is no user message to regenerate an answer for.")
+    else:
+        turns = spec.messages if spec.messages is not None else [
+            {"role": "user", "content": spec.prompt or ""}
+        ]
+        position = history[-1].position + 1 if history else 0
+        for offset, turn in enumerate(turns):
+            message = Message(
+                conversation_id=conversation.id, position=position + offset, role=turn["role"],
+                content=turn["content"], created_at=now,
+            )
+            session.add(message)
+            history.append(message)
+
+    upstream_messages = [{"role": "system", "content": spec.system}] if spec.system else []
+    upstream_messages += [
+        {"role": m.role, "content": m.content}
+        for m in history
+        if m.status in (None, "completed", "cancelled") and (m.content or m.role != "assistant")
+    ]
+    request: dict[str, Any] = {"model": spec.model, "messages": upstream_messages}
+    if spec.temperature is not None:
+        request["temperature"] = spec.temperature
+    if spec.max_tokens is not None:
+        request["max_tokens"] = spec.max_tokens
+    ticket = Ticket(
+        id=new_id(), owner=owner, conversation_id=conversation.id, request=request,
+        model=spec.model, status="pending", last_seq=0, cancel_requested=False, created_at=now,
+    )
+    session.add(ticket)
+    session.commit()
+    return ticket
+
+
+def _title(text: str) -> str:
+    words = " ".join(text.split())
+    return words[:60] + ("…" if len(words) > 60 else "") or "New chat"
+
+
+def _settle_active_tickets(conversation_id: str) -> None:
+    """Refuse a new turn while one is generating; cancel tickets that were never opened."""
+    active = db.session.scalars(
+        select(Ticket).where(
+            Ticket.conversation_id == conversation_id, Ticket.status.in_(("pending", "running"))
+        )
+    ).all()
+    for ticket in active:
+        if ticket.status == "running":
+            raise Conflict(
+                "This conversation is still generating an answer; wait for it or cancel it.",
+                code="conversation_busy",
+            )
+        cancel_ticket(ticket.id)
+
+
+def load_ticket(ticket_id: str, owner: str) -> Ticket:
+    """Return the caller's ticket; unknown, malformed and not-yours ids all raise the same 404."""
+    ticket = db.session.get(Ticket, ticket_id) if is_valid_id(ticket_id) else None
+    if ticket is None or ticket.owner != owner:
+        raise TicketNotFound("No such ticket.")
+    return ticket
+
+
+def load_conversation(conversation_id: str, owner: str) -> Conversation:
+    """Return the caller's conversation, or a 404 that does not tell unknown from not-yours."""
+    conversation = (
+        db.session.get(Conversation, conversation_id) if is_valid_id(conversation_id) else None
+    )
+    if conversation is None or conversation.owner != owner:
+        raise ConversationNotFound("No such conversation.")
+    return conversation
+
+
+def conversation_messages(conversation_id: str) -> list[Message]:
+    return list(
+        db.session.scalars(
+            select(Message)
+            .where(Message.conversation_id == conversation_id)
+            .order_by(Message.position)
+        )
+    )
+
+
+def read_state(ticket_id: str) -> TicketState:
+    """Status, last stored event number and lease of a ticket, in one short read."""
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            select(_tickets.c.status, _tickets.c.last_seq, _tickets.c.lease_expires_at).where(
+                _tickets.c.id == ticket_id
+            )
+        ).one()
+    return TicketState(row.status, row.last_seq, row.lease_expires_at)
+
+
+def claim_ticket(ticket_id: str, worker_id: str, lease_seconds: float) -> bool:
+    """Atomically move a pending ticket to running for `worker_id`; True for the one winner."""
+    now = time.time()
+    with db.engine.begin() as conn:
+        result = conn.execute(
+            update(_tickets)
+            .where(_tickets.c.id == ticket_id, _tickets.c.status == "pending")
+            .values(
+                status="running", claimed_by=worker_id, started_at=now,
+                lease_expires_at=now + lease_seconds,
+            )
+        )
+    return result.rowcount == 1
+
+
+def append_events(
+    ticket_id: str, worker_id: str, events: Sequence[StoredEvent], lease_seconds: float
+) -> str:
+    """Store a batch of deltas and renew the lease; returns `ok`, `cancelled` or `lost`."""
+    with db.engine.begin() as conn:
+        values: dict[str, Any] = {"lease_expires_at": time.time() + lease_seconds}
+        if events:
+            values["last_seq"] = events[-1][0]
+        result = conn.execute(
+            update(_tickets)
+            .where(
+                _tickets.c.id == ticket_id,
+                _tickets.c.claimed_by == worker_id,
+                _tickets.c.status == "running",
+                _tickets.c.cancel_requested.is_(False),
+            )
+            .values(**values)
+        )
+        if result.rowcount == 1:
+            if events:
+                conn.execute(insert(_events), _event_rows(ticket_id, events))
+            return "ok"
+        cancelled = conn.execute(
+            select(_tickets.c.cancel_requested).where(
+                _tickets.c.id == ticket_id,
+                _tickets.c.claimed_by == worker_id,
+                _tickets.c.status == "running",
+            )
+        ).scalar()
+    return "cancelled" if cancelled else "lost"
+
+
+def finish_ticket(
+    ticket_id: str,
+    *,
+    status: str,
+    pending_events: Sequence[StoredEvent] = (),
+    text: str | None = None,
+    finish_reason: str | None = None,
+    usage: dict[str, Any] | None = None,
+    error: dict[str, str] | None = None,
+    worker_id: str | None = None,
+    expired_before: float | None = None,
+) -> int | None:
+    """Write the remaining deltas and the one `done` event; returns its seq, or None if lost.
+
+    The ticket must still be running under `worker_id` (the producer), or pending (a cancel
+    before anyone streamed), or running with a lease that expired before `expired_before` (the
+    reaper). Whoever's UPDATE wins writes `done`; everyone else gets None.
+    """
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"not a final status: {status}")
+    now = time.time()
+    with db.engine.begin() as conn:
+        condition = [_tickets.c.id == ticket_id]
+        if worker_id is not None:
+            condition += [_tickets.c.status == "running", _tickets.c.claimed_by == worker_id]
+        elif expired_before is not None:
+            condition += [
+                _tickets.c.status == "running", _tickets.c.lease_expires_at < expired_before
+            ]
+        else:
+            condition += [_tickets.c.status == "pending"]
+        claimed = conn.execute(
+            update(_tickets)
+            .where(*condition)
+            .values(
+                status=status, finished_at=now, finish_reason=finish_reason, usage=usage,
+                error_code=error["code"] if error else None,
+                error_message=error["message"] if error else None,
+                lease_expires_at=None,
+            )
+        )
+        if claimed.rowcount != 1:
+            return None
+        row = conn.execute(
+            select(_tickets.c.last_seq, _tickets.c.conversation_id).where(
+                _tickets.c.id == ticket_id
+            )
+        ).one()
+        last_seq = pending_events[-1][0] if pending_events else row.last_seq
+        done_seq = last_seq + 1
+        payload: dict[str, Any] = {
+            "status": status, "finish_reason": finish_reason, "usage": usage or {},
+        }
+        if error:
+            payload["error"] = error
+        done_event = (done_seq, "done", json.dumps(payload, ensure_ascii=False))
+        conn.execute(insert(_events), _event_rows(ticket_id, [*pending_events, done_event]))
+        conn.execute(update(_tickets).where(_tickets.c.id == ticket_id).values(last_seq=done_seq))
+        if text is None:
+            text = _stored_text(conn, ticket_id)
+        if row.conversation_id is not None and (status != "cancelled" or text):
+            _append_answer(conn, row.conversation_id, ticket_id, text, status, now)
+    return done_seq
+
+
+def _append_answer(
+    conn: Any, conversation_id: str, ticket_id: str, text: str, status: str, now: float
+) -> None:
+    position = conn.execute(
+        select(func.coalesce(func.max(_messages.c.position), -1)).where(
+            _messages.c.conversation_id == conversation_id
+        )
+    ).scalar()
+    conn.execute(
+        insert(_messages).values(
+            conversation_id=conversation_id, position=position + 1, role="assistant",
+            content=text, ticket_id=ticket_id, status=status, created_at=now,
+        )
+    )
+
+
+def _event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[dict[str, Any]]:
+    return [{"ticket_id": ticket_id, "seq": s, "kind": k, "data": d} for s, k, d in events]
+
+
+def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
+    """Stored events with seq > after_seq, in order."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            select(_events.c.seq, _events.c.kind, _events.c.data)
+            .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
+            .order_by(_events.c.seq)
+        ).all()
+    return [(row.seq, row.kind, row.data) for row in rows]
+
+
+def _stored_text(conn: Any, ticket_id: str) -> str:
+    rows = conn.execute(
+        select(_events.c.data)
+        .where(_events.c.ticket_id == ticket_id, _events.c.kind == "delta")
+        .order_by(_events.c.seq)
+    ).scalars()
+    return "".join(json.loads(data)["delta"] for data in rows)
+
+
+def ticket_text(ticket_id: str) -> str:
+    """The answer text streamed so far."""
+    with db.engine.connect() as conn:
+        return _stored_text(conn, ticket_id)
+
+
+def request_cancel(ticket_id: str) -> None:
+    """Ask the producer to stop (it sees the flag at its next write), or end a pending ticket."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(_tickets)
+            .where(_tickets.c.id == ticket_id, _tickets.c.status == "running")
+            .values(cancel_requested=True)
+        )
+    cancel_ticket(ticket_id)
+
+
+def cancel_ticket(ticket_id: str) -> int | None:
+    """End a ticket nobody has started streaming, with `done` status cancelled."""
+    return finish_ticket(ticket_id, status="cancelled", finish_reason="cancelled")
+
+
+def reap_if_expired(ticket_id: str) -> int | None:
+    """Fail a running ticket whose producer stopped renewing its lease (its worker died)."""
+    return finish_ticket(
+        ticket_id, status="failed", expired_before=time.time(),
+        error={"code": "worker_lost", "message": "The worker generating this answer stopped."},
+    )
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete a conversation with its messages, tickets and their events."""
+    ticket_ids = select(Ticket.id).where(Ticket.conversation_id == conversation.id)
+    db.session.execute(delete(TicketEvent).where(TicketEvent.ticket_id.in_(ticket_ids)))
+    db.session.execute(delete(Ticket).where(Ticket.conversation_id == conversation.id))
+    db.session.execute(delete(Message).where(Message.conversation_id == conversation.id))
+    db.session.delete(conversation)
+    db.session.commit()

@@ -1,0 +1,115 @@
+"""Any OpenAI-compatible server through the official `openai` SDK.
+
+SDK types and exceptions stay inside this module: callers see Delta, Finish and UpstreamError.
+The SDK's patience (600 s, 2 retries) is not inherited: timeouts are ours and retries are off,
+because a retried streaming call would pay for the tokens twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+
+from .base import ChatRequest, Delta, Finish, UpstreamError
+
+log = logging.getLogger("relay.upstream")
+
+
+class OpenAIUpstream:
+    """Streams chat completions from `base_url` with the given key and timeouts."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None,
+        read_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._options: dict[str, Any] = {
+            "api_key": api_key,
+            "base_url": base_url,
+            "timeout": openai.Timeout(read_timeout, connect=connect_timeout),
+            "max_retries": 0,
+        }
+        self._client: openai.OpenAI | None = None
+        self._models: list[str] | None = None
+
+    @property
+    def client(self) -> openai.OpenAI:
+        # Created on first use, i.e. after gunicorn forked and gevent patched the socket module.
+        if self._client is None:
+            self._client = openai.OpenAI(**self._options)
+        return self._client
+
+    def models(self) -> list[str]:
+        if self._models is None:
+            try:
+                self._models = [model.id for model in self.client.models.list()]
+            except Exception as exc:
+                raise _translate(exc) from exc
+        return self._models
+
+    def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            params["max_tokens"] = request.max_tokens
+        try:
+            stream = self.client.chat.completions.create(**params)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        finish_reason: str | None = None
+        usage: dict[str, Any] = {}
+        try:
+            for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage.model_dump(exclude_none=True)
+                for choice in chunk.choices[:1]:
+                    if choice.delta is not None and choice.delta.content:
+                        yield Delta(choice.delta.content)
+                    if choice.finish_reason:
+                        finish_reason = choice.finish_reason
+        except Exception as exc:
+            raise _translate(exc) from exc
+        finally:
+            stream.close()
+        if finish_reason is None:
+            raise UpstreamError(
+                "upstream_disconnected", "The upstream ended the stream before it finished."
+            )
+        yield Finish(finish_reason, usage)
+
+
+def _translate(exc: Exception) -> UpstreamError:
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError("upstream_timeout", "The upstream did not answer in time.")
+    if isinstance(exc, openai.APIConnectionError):
+        cause = exc.__cause__ or exc
+        return UpstreamError("upstream_unreachable", f"Could not reach the upstream: {cause}")
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamError(
+            "upstream_rate_limited", f"The upstream is rate limiting requests: {exc.message}"
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError(
+            "upstream_error", f"The upstream answered HTTP {exc.status_code}: {exc.message}"
+        )
+    if isinstance(exc, openai.APIError):
+        return UpstreamError("upstream_error", f"The upstream reported an error: {exc.message}")
+    if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | AttributeError):
+        return UpstreamError("upstream_bad_response", f"The upstream sent malformed data: {exc}")
+    log.warning("upstream stream broke: %r", exc)
+    return UpstreamError("upstream_disconnected", f"The upstream connection broke: {exc}")

@@ -1,0 +1,147 @@
+"""Turn a `POST /new` request body into a validated NewTicket, or a clear 400/413/415."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from flask import Request
+
+from .errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from .tickets import NewTicket
+
+ROLES = ("system", "user", "assistant")
+_FIELDS = {
+    "prompt", "messages", "conversation_id", "model", "temperature", "max_tokens", "system",
+    "regenerate",
+}
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def read_body(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The request body as a dict, from JSON or a form; enforces the size limit first."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {max_bytes} bytes.")
+    mimetype = request.mimetype
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        raw = request.get_data(cache=False)
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidJSON(f"The body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InvalidRequest("The JSON body must be an object.")
+        return body
+    if mimetype in _FORM_TYPES:
+        return _form_body(request)
+    shown = mimetype or "none"
+    raise UnsupportedMediaType(
+        f"Content-Type {shown} is not supported; send application/json "
+        "(or a form with a `prompt` field)."
+    )
+
+
+def _form_body(request: Request) -> dict[str, Any]:
+    body: dict[str, Any] = dict(request.form.items())
+    for name, cast in (("temperature", float), ("max_tokens", int)):
+        if name in body:
+            try:
+                body[name] = cast(body[name])
+            except ValueError as exc:
+                raise InvalidRequest(f"`{name}` must be a number.") from exc
+    if "regenerate" in body:
+        body["regenerate"] = body["regenerate"].lower() in {"1", "true", "on", "yes"}
+    return body
+
+
+def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
+    """Validate the fields of a `POST /new` body."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise InvalidRequest(f"Unknown field `{unknown[0]}`.", code="unknown_field")
+    prompt = body.get("prompt")
+    messages = body.get("messages")
+    regenerate = body.get("regenerate", False)
+    if not isinstance(regenerate, bool):
+        raise InvalidRequest("`regenerate` must be true or false.")
+    if prompt is not None and messages is not None:
+        raise InvalidRequest("Give either `prompt` or `messages`, not both.")
+    if regenerate:
+        if prompt is not None or messages is not None:
+            raise InvalidRequest("`regenerate` takes no `prompt` or `messages`.")
+    elif messages is not None:
+        messages = _messages(messages)
+    elif prompt is None:
+        raise InvalidRequest("The `prompt` field is required.", code="missing_prompt")
+    elif not isinstance(prompt, str):
+        raise InvalidRequest("`prompt` must be a string.", code="invalid_prompt")
+    elif not prompt.strip():
+        raise InvalidRequest("`prompt` must not be empty.", code="empty_prompt")
+    return NewTicket(
+        prompt=prompt,
+        messages=messages,
+        conversation_id=_optional_str(body, "conversation_id", 64),
+        model=_optional_str(body, "model", 200) or default_model,
+        system=_optional_str(body, "system", None),
+        temperature=_temperature(body.get("temperature")),
+        max_tokens=_max_tokens(body.get("max_tokens")),
+        regenerate=regenerate,
+    )
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("`messages` must be a non-empty list.", code="invalid_messages")
+    checked = []
+    for index, item in enumerate(value):
+        if not isinstance(item, dict) or set(item) - {"role", "content"}:
+            raise InvalidRequest(
+                f"messages[{index}] must be an object with `role` and `content` only.",
+                code="invalid_messages",
+            )
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{index}].role must be one of {', '.join(ROLES)}.",
+                code="invalid_messages",
+            )
+        if not isinstance(content, str):
+            raise InvalidRequest(
+                f"messages[{index}].content must be a string.", code="invalid_messages"
+            )
+        checked.append({"role": role, "content": content})
+    if not any(m["role"] == "user" and m["content"].strip() for m in checked):
+        raise InvalidRequest(
+            "`messages` needs at least one non-empty user message.", code="invalid_messages"
+        )
+    return checked
+
+
+def _optional_str(body: dict[str, Any], name: str, max_length: int | None) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"`{name}` must be a non-empty string.")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidRequest(f"`{name}` must be at most {max_length} characters.")
+    return value
+
+
+def _temperature(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest("`temperature` must be a number.")
+    if not 0 <= value <= 2:
+        raise InvalidRequest("`temperature` must be between 0 and 2.")
+    return float(value)
+
+
+def _max_tokens(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest("`max_tokens` must be a positive integer.")
+    return value

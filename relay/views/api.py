@@ -1,0 +1,74 @@
+"""`POST /new`, `GET /tickets/<id>` and `POST /sse/<id>/cancel`."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from .. import tickets
+from ..identity import current_owner
+from ..models import FINISHED_STATUSES
+from ..validation import parse_new_ticket, read_body
+
+bp = Blueprint("api", __name__)
+
+
+@bp.post("/new")
+def new_ticket() -> tuple[Response, int, dict[str, str]]:
+    """Store a prompt and return the ticket to stream it with."""
+    config = current_app.config
+    body = read_body(request, config["MAX_PROMPT_BYTES"])
+    state = current_app.extensions["relay"]
+    spec = parse_new_ticket(body, state.default_model())
+    ticket = tickets.create_ticket(current_owner(), spec)
+    stream_url = url_for("stream.stream", ticket_id=ticket.id)
+    payload = {"id": ticket.id, "stream_url": stream_url, "conversation_id": ticket.conversation_id}
+    return jsonify(payload), 201, {"Location": stream_url}
+
+
+@bp.get("/tickets/<ticket_id>")
+def show_ticket(ticket_id: str) -> Response:
+    """A ticket's status, text so far and usage, for clients that poll."""
+    ticket = tickets.load_ticket(ticket_id, current_owner())
+    if ticket.status == "running" and (ticket.lease_expires_at or 0) < time.time():
+        if tickets.reap_if_expired(ticket.id) is not None:
+            current_app.extensions["relay"].broker.notify(ticket.id)
+        tickets.db.session.refresh(ticket)
+    return jsonify(ticket_json(ticket))
+
+
+@bp.post("/sse/<ticket_id>/cancel")
+def cancel(ticket_id: str) -> tuple[Response, int]:
+    """Stop generation: the upstream call is closed and the stream ends with `cancelled`."""
+    ticket = tickets.load_ticket(ticket_id, current_owner())
+    if ticket.status in FINISHED_STATUSES:
+        return jsonify({"id": ticket.id, "status": ticket.status}), 200
+    tickets.request_cancel(ticket.id)
+    broker = current_app.extensions["relay"].broker
+    broker.cancel(ticket.id)
+    broker.notify(ticket.id)
+    tickets.db.session.refresh(ticket)
+    status = ticket.status if ticket.status in FINISHED_STATUSES else "cancelling"
+    return jsonify({"id": ticket.id, "status": status}), 202
+
+
+def ticket_json(ticket: tickets.Ticket) -> dict[str, Any]:
+    error = (
+        {"code": ticket.error_code, "message": ticket.error_message} if ticket.error_code else None
+    )
+    return {
+        "id": ticket.id,
+        "status": ticket.status,
+        "model": ticket.model,
+        "conversation_id": ticket.conversation_id,
+        "text": tickets.ticket_text(ticket.id),
+        "last_event_id": ticket.last_seq,
+        "finish_reason": ticket.finish_reason,
+        "usage": ticket.usage or {},
+        "error": error,
+        "created_at": ticket.created_at,
+        "started_at": ticket.started_at,
+        "finished_at": ticket.finished_at,
+    }

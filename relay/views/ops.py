@@ -1,0 +1,22 @@
+"""`GET /healthz`: liveness and database readiness."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import text
+
+from ..db import db
+from ..errors import error_response
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """200 when the database answers, 503 otherwise."""
+    try:
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        return error_response(503, "database_unavailable", f"The database is unavailable: {exc}")
+    return jsonify({"status": "ok"})

@@ -1,0 +1,138 @@
+"""`GET /sse/<id>`: everything that can fail fails before the first byte; then the event stream.
+
+The body is a plain generator handed plain values (never the `request` proxy). It sends
+`retry:`, the stored events after the client's last id, then waits on the broker, sending
+`: ping` when the heartbeat interval passes in silence, until it has sent `done`. Whether a
+disconnect stops generation is decided here, in `_reader_left`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import gevent
+from flask import Blueprint, Flask, Response, current_app, request
+
+from .. import generation, sse, tickets
+from ..broker import Broker
+from ..errors import InvalidRequest
+from ..identity import current_owner
+from ..models import FINISHED_STATUSES
+
+bp = Blueprint("stream", __name__)
+
+STREAM_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_local_readers: Counter[str] = Counter()
+
+
+@dataclass(frozen=True)
+class _StreamSettings:
+    heartbeat: float
+    poll: float
+    retry_ms: int
+    cancel_on_disconnect: bool
+    disconnect_grace: float
+
+
+@bp.get("/sse/<ticket_id>")
+def stream(ticket_id: str) -> Response:
+    """Stream a ticket's events after the client's Last-Event-ID, starting generation once."""
+    ticket = tickets.load_ticket(ticket_id, current_owner())
+    raw_last = request.headers.get("Last-Event-ID")
+    if raw_last is None or raw_last.strip() == "":
+        raw_last = request.args.get("last_event_id")
+    try:
+        last_seen = sse.parse_last_event_id(raw_last) or 0
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), code="invalid_last_event_id") from exc
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    if ticket.status in FINISHED_STATUSES:
+        if last_seen == ticket.last_seq:
+            return Response(status=204)
+        # A client ahead of the store saw events a dead worker never committed: give it `done`.
+        last_seen = min(last_seen, ticket.last_seq - 1)
+    if ticket.status == "pending" and tickets.claim_ticket(
+        ticket.id, generation.worker_id(), app.config["LEASE_SECONDS"]
+    ):
+        generation.start_generation(app, ticket.id)
+    config = app.config
+    settings = _StreamSettings(
+        heartbeat=config["HEARTBEAT_SECONDS"],
+        poll=config["POLL_MS"] / 1000.0,
+        retry_ms=config["RETRY_MS"],
+        cancel_on_disconnect=config["CANCEL_ON_DISCONNECT"],
+        disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
+    )
+    body = _event_stream(app, app.extensions["relay"].broker, ticket.id, last_seen, settings)
+    return Response(
+        body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS
+    )
+
+
+def _event_stream(
+    app: Flask, broker: Broker, ticket_id: str, last_seen: int, settings: _StreamSettings
+) -> Iterator[bytes]:
+    _local_readers[ticket_id] += 1
+    try:
+        with broker.watching(ticket_id):
+            yield sse.encode(retry=settings.retry_ms)
+            last_write = time.monotonic()
+            while True:
+                version = broker.version(ticket_id)
+                with app.app_context():
+                    events = tickets.events_after(ticket_id, last_seen)
+                if events:
+                    yield b"".join(
+                        sse.encode(data, id=seq, event="done" if kind == "done" else None)
+                        for seq, kind, data in events
+                    )
+                    last_seen = events[-1][0]
+                    if events[-1][1] == "done":
+                        return
+                    last_write = time.monotonic()
+                elif time.monotonic() - last_write >= settings.heartbeat:
+                    yield sse.PING
+                    last_write = time.monotonic()
+                local = generation.is_local(ticket_id)
+                timeout = settings.heartbeat - (time.monotonic() - last_write)
+                if not local and not broker.crosses_processes:
+                    timeout = min(timeout, settings.poll)
+                if not broker.wait(ticket_id, version, max(timeout, 0.0)) and not local:
+                    _reap_if_expired(app, broker, ticket_id)
+    finally:
+        _reader_left(app, broker, ticket_id, settings)
+
+
+def _reap_if_expired(app: Flask, broker: Broker, ticket_id: str) -> None:
+    with app.app_context():
+        state = tickets.read_state(ticket_id)
+        if (
+            state.status == "running"
+            and state.lease_expires_at is not None
+            and state.lease_expires_at < time.time()
+            and tickets.reap_if_expired(ticket_id) is not None
+        ):
+            broker.notify(ticket_id)
+
+
+def _reader_left(app: Flask, broker: Broker, ticket_id: str, settings: _StreamSettings) -> None:
+    _local_readers[ticket_id] -= 1
+    if _local_readers[ticket_id] > 0:
+        return
+    del _local_readers[ticket_id]
+    if settings.cancel_on_disconnect and generation.is_local(ticket_id):
+        gevent.spawn(_cancel_if_abandoned, app, broker, ticket_id, settings.disconnect_grace)
+
+
+def _cancel_if_abandoned(app: Flask, broker: Broker, ticket_id: str, grace: float) -> None:
+    gevent.sleep(grace)
+    if _local_readers[ticket_id] == 0 and generation.is_local(ticket_id):
+        with app.app_context():
+            tickets.request_cancel(ticket_id)
+        broker.cancel(ticket_id)

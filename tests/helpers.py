@@ -1,0 +1,57 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from httpx_sse import connect_sse
+
+
+def assert_error_shape(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert the contract's JSON error shape and status; returns the error object."""
+    assert response.status_code == status, (response.status_code, _text(response))
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json() if hasattr(response, "json") and callable(response.json) else None
+    if body is None:
+        body = json.loads(_text(response))
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error["code"], str) and error["code"], error
+    assert isinstance(error["message"], str) and error["message"], error
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+def _text(response: Any) -> str:
+    return response.text if isinstance(response.text, str) else response.get_data(as_text=True)
+
+
+def new_ticket(http: httpx.Client, prompt: str, **fields: Any) -> dict[str, Any]:
+    """POST /new and return the 201 body."""
+    response = http.post("/new", json={"prompt": prompt, **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def read_stream(
+    http: httpx.Client, url: str, *, last_event_id: int | None = None, stop_after: int | None = None
+) -> list[tuple[str, str, Any]]:
+    """Read a ticket's events as (id, event, data) until `done` (or `stop_after` events)."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    events: list[tuple[str, str, Any]] = []
+    with connect_sse(http, "GET", url, headers=headers) as source:
+        assert source.response.status_code == 200, source.response.read()
+        for sse in source.iter_sse():
+            if sse.data == "" and sse.retry is not None:
+                continue  # httpx-sse surfaces the bare `retry:` block; EventSource does not
+            events.append((sse.id, sse.event, json.loads(sse.data)))
+            if sse.event == "done" or (stop_after is not None and len(events) >= stop_after):
+                break
+    return events
+
+
+def text_of(events: list[tuple[str, str, Any]]) -> str:
+    return "".join(data["delta"] for _, event, data in events if event == "message")

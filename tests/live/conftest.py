@@ -1,0 +1,61 @@
+"""Live fixtures: the fault-injecting upstream and real relay servers on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .fake_upstream import FakeUpstream
+from .relay_server import RelayServer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/live/" in str(item.path):
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def start_relay(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., RelayServer]]:
+    """Start relays that are all stopped at the end of the session."""
+    servers: list[RelayServer] = []
+
+    def start(
+        env: dict[str, str] | None = None, *, workers: int = 2, instance: Path | None = None
+    ) -> RelayServer:
+        path = instance or tmp_path_factory.mktemp("relay")
+        server = RelayServer(path, env or {}, workers=workers)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def relay(start_relay: Callable[..., RelayServer], upstream: FakeUpstream) -> RelayServer:
+    """A shared relay with two gevent workers, pointed at the fake upstream."""
+    return start_relay({
+        "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_UPSTREAM_TIMEOUT_SECONDS": "3",
+    })
+
+
+@pytest.fixture()
+def client(relay: RelayServer) -> Iterator[httpx.Client]:
+    """A client with its own cookie jar (its own anonymous identity)."""
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        yield http

@@ -1,0 +1,163 @@
+"""A real OpenAI-compatible upstream for the tests, with faults chosen by the model name.
+
+Models (`name` or `name:arg`):
+- `echo[:ms]`: streams the last user message back in 3-character chunks (a thousandth of it
+  for long ones), `ms` apart (default 0).
+- `status:<code>`: answers HTTP <code> with an OpenAI-style error body.
+- `drop:<n>`: sends n chunks, then closes the connection mid-body.
+- `stall:<n>`: sends n chunks, then nothing until the client goes away.
+- `malformed:<n>`: sends n chunks, then a `data:` line that is not JSON.
+- `error-event:<n>`: sends n chunks, then a `data: {"error": ...}` event.
+- `truncated:<n>`: sends n chunks, then ends the body cleanly with no finish_reason.
+Every request is recorded, with whether the client disconnected before the end.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODELS = ["echo", "echo:30", "status:429", "status:500", "drop:3", "stall:2", "malformed:2"]
+
+
+@dataclass
+class UpstreamCall:
+    model: str
+    messages: list[dict[str, Any]]
+    chunks_sent: int = 0
+    disconnected: bool = False
+    completed: bool = False
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+class FakeUpstream:
+    """Runs the fake upstream on a free loopback port in a background thread."""
+
+    def __init__(self) -> None:
+        self.calls: list[UpstreamCall] = []
+        self._lock = threading.Lock()
+        upstream = self
+
+        class Handler(_Handler):
+            owner = upstream
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def record(self, call: UpstreamCall) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def calls_with(self, marker: str) -> list[UpstreamCall]:
+        """The calls whose last message contains `marker`."""
+        with self._lock:
+            return [c for c in self.calls if c.messages and marker in c.messages[-1]["content"]]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    owner: FakeUpstream
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            body = {"object": "list", "data": [{"id": m, "object": "model"} for m in MODELS]}
+            self._json(200, body)
+        else:
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        request = json.loads(self.rfile.read(length))
+        call = UpstreamCall(model=request["model"], messages=request["messages"])
+        self.owner.record(call)
+        try:
+            self._serve(call, request)
+        except (BrokenPipeError, ConnectionResetError):
+            call.disconnected = True
+        finally:
+            call.ended.set()
+
+    def _serve(self, call: UpstreamCall, request: dict[str, Any]) -> None:
+        name, _, arg = call.model.partition(":")
+        if name == "status":
+            code = int(arg)
+            kind = "rate_limit_exceeded" if code == 429 else "server_error"
+            self._json(code, {"error": {"message": f"injected {code}", "type": kind}})
+            return
+        text = next((m["content"] for m in reversed(call.messages) if m["role"] == "user"), "")
+        size = max(3, len(text) // 1000)
+        pieces = [text[i : i + size] for i in range(0, len(text), size)]
+        limit = int(arg) if arg and name != "echo" else len(pieces)
+        delay = int(arg) / 1000 if name == "echo" and arg else 0.0
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for piece in pieces[:limit]:
+            if delay:
+                time.sleep(delay)
+            self._event({"choices": [{"index": 0, "delta": {"content": piece}}]})
+            call.chunks_sent += 1
+        if name == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        if name == "stall":
+            call.disconnected = self._wait_for_disconnect(timeout=120)
+            self.close_connection = True
+            return
+        if name == "malformed":
+            self._chunk(b"data: {this is not json\n\n")
+        elif name == "error-event":
+            self._event({"error": {"message": "injected mid-stream error", "type": "server_error"}})
+        elif name != "truncated":
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if request.get("stream_options", {}).get("include_usage"):
+                sent = call.chunks_sent
+                usage = {"prompt_tokens": 7, "completion_tokens": sent, "total_tokens": 7 + sent}
+                self._event({"choices": [], "usage": usage})
+            self._chunk(b"data: [DONE]\n\n")
+            call.completed = True
+        self._chunk(b"")
+
+    def _event(self, payload: dict[str, Any]) -> None:
+        payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                   "model": "fake", **payload}
+        self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _wait_for_disconnect(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.05)
+            if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
+                return True
+        return False
