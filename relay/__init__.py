@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .upstream import Upstream, build_upstream, default_model
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parents[1] / "migrations")
+GUNICORN_CONFIG = str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py")
 
 
 @dataclass

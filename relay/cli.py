@@ -9,7 +9,7 @@ import click
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from . import MIGRATIONS_DIR, create_app
+from . import GUNICORN_CONFIG, MIGRATIONS_DIR, create_app
 
 
 @click.group(cls=FlaskGroup, create_app=create_app)
@@ -24,7 +24,7 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
     """Apply migrations, then run gunicorn with gevent workers (extra args go to gunicorn)."""
     upgrade(directory=MIGRATIONS_DIR)
     argv = [
-        sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_conf",
+        sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONFIG,
         *gunicorn_args, "relay:create_app()",
     ]
     sys.stdout.flush()

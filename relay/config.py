@@ -57,7 +57,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "DATABASE_URL", None, str,
-            "SQLAlchemy URL of the store; default a SQLite file `relay.db` in the instance folder."),
+            "SQLAlchemy URL of the store; default the SQLite file `relay.db` in the instance "
+            "folder."),
     Setting("REDIS_URL", "REDIS_URL", None, str,
             "Redis URL for cross-worker/cross-host wake-ups and cancels; unset: single machine."),
     Setting("OPENAI_API_KEY", "OPENAI_API_KEY", None, str,

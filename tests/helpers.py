@@ -45,8 +45,10 @@ def read_stream(
     with connect_sse(http, "GET", url, headers=headers) as source:
         assert source.response.status_code == 200, source.response.read()
         for sse in source.iter_sse():
-            if sse.data == "" and sse.retry is not None:
-                continue  # httpx-sse surfaces the bare `retry:` block; EventSource does not
+            if sse.data == "":
+                # httpx-sse dispatches data-less blocks (`retry:`, and the blank line after a
+                # `: ping` once an id was seen); the HTML spec and EventSource do not.
+                continue
             events.append((sse.id, sse.event, json.loads(sse.data)))
             if sse.event == "done" or (stop_after is not None and len(events) >= stop_after):
                 break

@@ -36,6 +36,7 @@ class OpenAIUpstream:
             "timeout": openai.Timeout(read_timeout, connect=connect_timeout),
             "max_retries": 0,
         }
+        self._read_timeout = read_timeout
         self._client: openai.OpenAI | None = None
         self._models: list[str] | None = None
 
@@ -51,7 +52,7 @@ class OpenAIUpstream:
             try:
                 self._models = [model.id for model in self.client.models.list()]
             except Exception as exc:
-                raise _translate(exc) from exc
+                raise _translate(exc, self._read_timeout) from exc
         return self._models
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
@@ -68,7 +69,7 @@ class OpenAIUpstream:
         try:
             stream = self.client.chat.completions.create(**params)
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self._read_timeout) from exc
         finish_reason: str | None = None
         usage: dict[str, Any] = {}
         try:
@@ -81,7 +82,7 @@ class OpenAIUpstream:
                     if choice.finish_reason:
                         finish_reason = choice.finish_reason
         except Exception as exc:
-            raise _translate(exc) from exc
+            raise _translate(exc, self._read_timeout, mid_stream=True) from exc
         finally:
             stream.close()
         if finish_reason is None:
@@ -91,11 +92,18 @@ class OpenAIUpstream:
         yield Finish(finish_reason, usage)
 
 
-def _translate(exc: Exception) -> UpstreamError:
+def _translate(exc: Exception, read_timeout: float, *, mid_stream: bool = False) -> UpstreamError:
     if isinstance(exc, UpstreamError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamError("upstream_timeout", "The upstream did not answer in time.")
+        return UpstreamError(
+            "upstream_timeout", f"The upstream sent nothing for {read_timeout:g} seconds."
+        )
+    if isinstance(exc, openai.APIConnectionError) and mid_stream:
+        cause = exc.__cause__ or exc
+        return UpstreamError(
+            "upstream_disconnected", f"The upstream connection broke mid-answer: {cause}"
+        )
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return UpstreamError("upstream_unreachable", f"Could not reach the upstream: {cause}")

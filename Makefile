@@ -1,0 +1,40 @@
+# Everything a fresh machine needs, installed by the project itself.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: install frontend chromium run test lint clean
+
+install: $(VENV)/.installed frontend
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+frontend:
+	@if [ -f frontend/package.json ]; then \
+		cd frontend && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+## make run: the relay with the mock upstream on SQLite; open the URL it prints.
+run: install
+	$(BIN)/relay serve --bind $(HOST):$(PORT)
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check relay tests
+
+## make test: install everything, lint, then the whole suite (needs PostgreSQL and Redis).
+test: install chromium lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) instance frontend/node_modules screenshots bench/results

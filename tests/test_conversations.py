@@ -1,0 +1,101 @@
+"""Conversations: history sent upstream, regenerate, list/rename/delete, and ownership."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask.testing import FlaskClient
+
+from relay.db import db
+from relay.models import Ticket
+
+from .helpers import assert_error_shape
+
+
+def stored_request(app: Flask, ticket_id: str) -> dict:
+    with app.app_context():
+        return db.session.get(Ticket, ticket_id).request
+
+
+def finish(client: FlaskClient, ticket_id: str) -> bytes:
+    """Stream a ticket to its end in-process (the mock upstream yields to gevent's hub)."""
+    return client.get(f"/sse/{ticket_id}").get_data()
+
+
+def test_follow_up_sends_earlier_turns_upstream(app: Flask, client: FlaskClient) -> None:
+    first = client.post("/new", json={"prompt": "first question", "system": "be brief"})
+    body = first.get_json()
+    assert b"event: done" in finish(client, body["id"])
+    second = client.post(
+        "/new", json={"prompt": "second question", "conversation_id": body["conversation_id"]}
+    ).get_json()
+    assert second["conversation_id"] == body["conversation_id"]
+    assert stored_request(app, second["id"])["messages"] == [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first question"},
+        {"role": "user", "content": "second question"},
+    ]
+    assert stored_request(app, body["id"])["messages"][0] == {
+        "role": "system", "content": "be brief"
+    }
+
+
+def test_regenerate_drops_the_last_answer(app: Flask, client: FlaskClient) -> None:
+    body = client.post("/new", json={"prompt": "answer twice"}).get_json()
+    finish(client, body["id"])
+    again = client.post(
+        "/new", json={"regenerate": True, "conversation_id": body["conversation_id"]}
+    ).get_json()
+    assert stored_request(app, again["id"])["messages"] == [
+        {"role": "user", "content": "answer twice"}
+    ]
+    finish(client, again["id"])
+    messages = client.get(f"/conversations/{body['conversation_id']}").get_json()["messages"]
+    assert [(m["role"], m["ticket_id"]) for m in messages] == [
+        ("user", None), ("assistant", again["id"])
+    ]
+
+
+def test_new_turn_while_generating_is_409(app: Flask, client: FlaskClient) -> None:
+    body = client.post("/new", json={"prompt": "slow"}).get_json()
+    with app.app_context():
+        db.session.get(Ticket, body["id"]).status = "running"
+        db.session.get(Ticket, body["id"]).lease_expires_at = 1e12
+        db.session.commit()
+    busy = client.post("/new", json={"prompt": "more", "conversation_id": body["conversation_id"]})
+    assert_error_shape(busy, 409, "conversation_busy")
+
+
+def test_unopened_ticket_is_cancelled_by_the_next_turn(client: FlaskClient) -> None:
+    body = client.post("/new", json={"prompt": "never streamed"}).get_json()
+    client.post("/new", json={"prompt": "next", "conversation_id": body["conversation_id"]})
+    assert client.get(f"/tickets/{body['id']}").get_json()["status"] == "cancelled"
+
+
+def test_list_show_rename_delete(client: FlaskClient) -> None:
+    a = client.post("/new", json={"prompt": "alpha " * 30}).get_json()
+    b = client.post("/new", json={"prompt": "beta"}).get_json()
+    listed = client.get("/conversations").get_json()["conversations"]
+    assert [c["id"] for c in listed] == [b["conversation_id"], a["conversation_id"]]
+    assert listed[1]["title"].startswith("alpha alpha") and len(listed[1]["title"]) <= 61
+    shown = client.get(f"/conversations/{b['conversation_id']}").get_json()
+    assert shown["active_ticket"] == {"id": b["id"], "stream_url": f"/sse/{b['id']}"}
+    renamed = client.patch(f"/conversations/{a['conversation_id']}", json={"title": "Renamed"})
+    assert renamed.get_json()["title"] == "Renamed"
+    assert_error_shape(client.patch(f"/conversations/{a['conversation_id']}", json={}), 400)
+    assert client.delete(f"/conversations/{a['conversation_id']}").status_code == 204
+    assert_error_shape(client.get(f"/tickets/{a['id']}"), 404, "ticket_not_found")
+    assert_error_shape(
+        client.get(f"/conversations/{a['conversation_id']}"), 404, "conversation_not_found"
+    )
+
+
+def test_other_callers_cannot_see_or_continue_a_conversation(app: Flask) -> None:
+    alice, bob = app.test_client(), app.test_client()
+    mine = alice.post("/new", json={"prompt": "private"}).get_json()
+    cid = mine["conversation_id"]
+    assert bob.get("/conversations").get_json()["conversations"] == []
+    assert_error_shape(bob.get(f"/conversations/{cid}"), 404, "conversation_not_found")
+    assert_error_shape(bob.delete(f"/conversations/{cid}"), 404, "conversation_not_found")
+    continued = bob.post("/new", json={"prompt": "x", "conversation_id": cid})
+    assert_error_shape(continued, 404, "conversation_not_found")
+    assert_error_shape(bob.get(f"/sse/{mine['id']}"), 404, "ticket_not_found")
