@@ -92,8 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_DISCONNECT_GRACE_SECONDS", "DISCONNECT_GRACE_SECONDS", 10.0, float,
             "With `RELAY_CANCEL_ON_DISCONNECT`, how long to wait for a reader to reconnect."),
     Setting("RELAY_LEASE_SECONDS", "LEASE_SECONDS", 15.0, _positive(float),
-            "A generating worker renews its claim on a ticket this often x3; a claim not renewed "
-            "for this long (the worker died) fails the ticket with `worker_lost`."),
+            "A generating worker renews its claim on a ticket every third of this; a claim not "
+            "renewed for this long (its worker died) fails the ticket with `worker_lost`."),
     Setting("RELAY_FLUSH_MS", "FLUSH_MS", 25.0, float,
             "How long a stream's chunks may gather before they are committed in one transaction."),
     Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),

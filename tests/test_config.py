@@ -1,0 +1,41 @@
+"""Settings: every one documented in the README, bad values fail loudly with their name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config import SETTINGS, ConfigError, load_config
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.env)
+def test_every_setting_is_documented_in_the_readme(setting) -> None:
+    assert f"| `{setting.env}` |" in README
+
+
+def test_defaults_match_the_contract() -> None:
+    config = load_config({})
+    assert config["HEARTBEAT_SECONDS"] == 15
+    assert config["UPSTREAM_TIMEOUT_SECONDS"] == 60
+    assert config["MAX_PROMPT_BYTES"] == 4194304
+    assert config["MOCK_DELAY_MS"] == 20
+    assert config["CANCEL_ON_DISCONNECT"] is False
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [("RELAY_HEARTBEAT_SECONDS", "soon"), ("RELAY_HEARTBEAT_SECONDS", "0"),
+     ("RELAY_MAX_PROMPT_BYTES", "-5"), ("RELAY_CANCEL_ON_DISCONNECT", "maybe"),
+     ("RELAY_UPSTREAM", "gpt"), ("RELAY_LOG_LEVEL", "LOUD")],
+)
+def test_bad_values_name_the_variable(env: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=env):
+        load_config({env: value})
+
+
+def test_values_are_parsed() -> None:
+    config = load_config({"RELAY_CANCEL_ON_DISCONNECT": "yes", "RELAY_HEARTBEAT_SECONDS": "2.5"})
+    assert config["CANCEL_ON_DISCONNECT"] is True and config["HEARTBEAT_SECONDS"] == 2.5
