@@ -42,6 +42,8 @@ def start_relay(
 
     yield start
     for server in servers:
+        server.terminate()
+    for server in servers:
         server.stop()
 
 

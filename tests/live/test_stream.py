@@ -215,3 +215,16 @@ def test_reader_disconnect_lets_generation_finish_by_default(
     call_done = upstream.calls_with(tag)[0].ended.wait(15)
     assert call_done and upstream.calls_with(tag)[0].completed
     assert text_of(read_stream(client, ticket["stream_url"])) == text
+
+
+def test_many_concurrent_tickets_on_two_workers_share_sqlite_cleanly(relay: RelayServer) -> None:
+    def one(index: int) -> str:
+        with httpx.Client(base_url=relay.url, timeout=60) as http:
+            ticket = new_ticket(http, f"ticket {index} " + "z" * 90, model="echo:2")
+            return text_of(read_stream(http, ticket["stream_url"]))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=40) as pool:
+        texts = list(pool.map(one, range(80)))
+    assert texts == [f"ticket {i} " + "z" * 90 for i in range(80)]
+    log = relay.log()
+    assert "database is locked" not in log and "Traceback" not in log
