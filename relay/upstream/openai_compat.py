@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2
 import openai
 
 from .base import ChatRequest, Delta, Finish, UpstreamError
@@ -44,7 +45,10 @@ class OpenAIUpstream:
     def client(self) -> openai.OpenAI:
         # Created on first use, i.e. after gunicorn forked and gevent patched the socket module.
         if self._client is None:
-            self._client = openai.OpenAI(**self._options)
+            # The SDK's pool stops at 1,000 connections; every open stream holds one.
+            limits = httpx2.Limits(max_connections=None, max_keepalive_connections=200)
+            http_client = openai.DefaultHttpxClient(limits=limits, timeout=self._options["timeout"])
+            self._client = openai.OpenAI(**self._options, http_client=http_client)
         return self._client
 
     def models(self) -> list[str]:
