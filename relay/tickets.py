@@ -69,15 +69,16 @@ def create_ticket(owner: str, spec: NewTicket) -> Ticket:
     if spec.conversation_id is not None:
         conversation = load_conversation(spec.conversation_id, owner)
         _settle_active_tickets(conversation.id)
+        history = conversation_messages(conversation.id)
     else:
         if spec.regenerate:
             raise InvalidRequest("`regenerate` needs the `conversation_id` to regenerate in.")
         first = spec.prompt if spec.prompt is not None else spec.messages[-1]["content"]  # type: ignore[index]
         conversation = Conversation(id=new_id(), owner=owner, title=_title(first), created_at=now)
         session.add(conversation)
+        history = []
     conversation.updated_at = now
 
-    history = conversation_messages(conversation.id)
     if spec.regenerate:
         while history and history[-1].role == "assistant":
             session.delete(history.pop())
@@ -129,12 +130,14 @@ def _settle_active_tickets(conversation_id: str) -> None:
         )
     ).all()
     for ticket in active:
-        if ticket.status == "running":
+        expired = (ticket.lease_expires_at or 0) < time.time()
+        if ticket.status == "running" and not (expired and reap_if_expired(ticket.id)):
             raise Conflict(
                 "This conversation is still generating an answer; wait for it or cancel it.",
                 code="conversation_busy",
             )
-        cancel_ticket(ticket.id)
+        if ticket.status == "pending":
+            cancel_ticket(ticket.id)
 
 
 def load_ticket(ticket_id: str, owner: str) -> Ticket:

@@ -99,3 +99,17 @@ def test_other_callers_cannot_see_or_continue_a_conversation(app: Flask) -> None
     continued = bob.post("/new", json={"prompt": "x", "conversation_id": cid})
     assert_error_shape(continued, 404, "conversation_not_found")
     assert_error_shape(bob.get(f"/sse/{mine['id']}"), 404, "ticket_not_found")
+
+
+def test_new_turn_after_a_dead_worker_fails_its_ticket_and_goes_on(
+    app: Flask, client: FlaskClient
+) -> None:
+    body = client.post("/new", json={"prompt": "orphaned"}).get_json()
+    with app.app_context():
+        ticket = db.session.get(Ticket, body["id"])
+        ticket.status, ticket.lease_expires_at, ticket.claimed_by = "running", 1.0, "gone:1"
+        db.session.commit()
+    again = client.post("/new", json={"prompt": "next", "conversation_id": body["conversation_id"]})
+    assert again.status_code == 201
+    orphan = client.get(f"/tickets/{body['id']}").get_json()
+    assert orphan["status"] == "failed" and orphan["error"]["code"] == "worker_lost"
