@@ -38,3 +38,10 @@ def worker_exit(server, worker):  # type: ignore[no-untyped-def]
     from relay.generation import stop_all
 
     stop_all("worker exiting")
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import click
+from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
@@ -23,6 +25,11 @@ def main() -> None:
 def serve(gunicorn_args: tuple[str, ...]) -> None:
     """Apply migrations, then run gunicorn with gevent workers (extra args go to gunicorn)."""
     upgrade(directory=MIGRATIONS_DIR)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics_dir = os.path.join(current_app.instance_path, "metrics")
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.makedirs(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     argv = [
         sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONFIG,
         *gunicorn_args, "relay:create_app()",

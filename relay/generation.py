@@ -19,7 +19,7 @@ import gevent
 import gevent.queue
 from flask import Flask
 
-from . import tickets
+from . import metrics, tickets
 from .broker import Broker
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
 
@@ -75,9 +75,9 @@ class _Producer:
         self.text_parts: list[str] = []
         self.seq = 0
         self.last_flush = 0.0
+        self.started = time.monotonic()
 
     def run(self) -> None:
-        started = time.monotonic()
         pump: gevent.Greenlet | None = None
         outcome: dict[str, Any] = {"status": "failed"}
         try:
@@ -101,7 +101,7 @@ class _Producer:
             _producers.pop(self.ticket_id, None)
             log.info(
                 "ticket %s %s after %.2fs, %d chunks", self.ticket_id, outcome["status"],
-                time.monotonic() - started, self.seq,
+                time.monotonic() - self.started, self.seq,
             )
 
     def _pump(self, request: ChatRequest) -> None:
@@ -129,6 +129,8 @@ class _Producer:
             now = time.monotonic()
             if isinstance(item, Delta):
                 if item.text:
+                    if self.seq == 0:
+                        metrics.TIME_TO_FIRST_CHUNK.observe(now - self.started)
                     self.seq += 1
                     self.pending.append(
                         (self.seq, "delta", json.dumps({"delta": item.text}, ensure_ascii=False))
@@ -165,6 +167,7 @@ class _Producer:
         self.last_flush = now
         if result == "ok":
             self.pending = []
+            metrics.CHUNKS_RELAYED.inc(len(batch))
             if batch:
                 self.broker.notify(self.ticket_id)
         return result
@@ -187,6 +190,10 @@ class _Producer:
             return
         if done_seq is None:
             log.warning("ticket %s was already finished elsewhere", self.ticket_id)
+        else:
+            error = outcome.get("error") or {}
+            metrics.CHUNKS_RELAYED.inc(len(self.pending))
+            metrics.TICKETS_FINISHED.labels(outcome["status"], error.get("code", "")).inc()
         self.broker.notify(self.ticket_id)
 
 

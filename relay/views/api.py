@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from .. import tickets
+from .. import metrics, tickets
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
 from ..validation import parse_new_ticket, read_body
@@ -23,6 +23,7 @@ def new_ticket() -> tuple[Response, int, dict[str, str]]:
     state = current_app.extensions["relay"]
     spec = parse_new_ticket(body, state.default_model())
     ticket = tickets.create_ticket(current_owner(), spec)
+    metrics.TICKETS_CREATED.inc()
     stream_url = url_for("stream.stream", ticket_id=ticket.id)
     payload = {"id": ticket.id, "stream_url": stream_url, "conversation_id": ticket.conversation_id}
     return jsonify(payload), 201, {"Location": stream_url}

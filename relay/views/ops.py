@@ -1,10 +1,11 @@
-"""`GET /healthz`: liveness and database readiness."""
+"""`GET /healthz` (liveness and database readiness) and `GET /metrics` (Prometheus)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
+from .. import metrics
 from ..db import db
 from ..errors import error_response
 
@@ -20,3 +21,10 @@ def healthz() -> Response:
     except Exception as exc:
         return error_response(503, "database_unavailable", f"The database is unavailable: {exc}")
     return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    """Prometheus metrics summed over every worker."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import gevent
 from flask import Blueprint, Flask, Response, current_app, request
 
-from .. import generation, sse, tickets
+from .. import generation, metrics, sse, tickets
 from ..broker import Broker
 from ..errors import InvalidRequest
 from ..identity import current_owner
@@ -79,6 +79,7 @@ def _event_stream(
     app: Flask, broker: Broker, ticket_id: str, last_seen: int, settings: _StreamSettings
 ) -> Iterator[bytes]:
     _local_readers[ticket_id] += 1
+    metrics.STREAMS_OPEN.inc()
     try:
         with broker.watching(ticket_id):
             yield sse.encode(retry=settings.retry_ms)
@@ -106,6 +107,7 @@ def _event_stream(
                 if not broker.wait(ticket_id, version, max(timeout, 0.0)) and not local:
                     _reap_if_expired(app, broker, ticket_id)
     finally:
+        metrics.STREAMS_OPEN.dec()
         _reader_left(app, broker, ticket_id, settings)
 
 

@@ -228,3 +228,20 @@ def test_many_concurrent_tickets_on_two_workers_share_sqlite_cleanly(relay: Rela
     assert texts == [f"ticket {i} " + "z" * 90 for i in range(80)]
     log = relay.log()
     assert "database is locked" not in log and "Traceback" not in log
+
+
+def test_metrics_sum_every_worker(relay: RelayServer) -> None:
+    def created() -> float:
+        text = httpx.get(relay.url + "/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith("relay_tickets_created_total"))
+        return float(line.split()[-1])
+
+    before = created()
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        for index in range(6):  # fresh connections land on both workers
+            with httpx.Client(base_url=relay.url, cookies=dict(http.cookies)) as fresh:
+                read_stream(fresh, new_ticket(fresh, f"count me {index}")["stream_url"])
+    assert created() == before + 6
+    text = httpx.get(relay.url + "/metrics").text
+    assert 'relay_tickets_finished_total{error_code="",status="completed"}' in text
+    assert "relay_streams_open" in text and "relay_upstream_first_chunk_seconds_bucket" in text
