@@ -17,6 +17,7 @@ from .config import default_instance_path, load_config
 from .db import db, migrate, tune_sqlite
 from .errors import register_error_handlers
 from .upstream import Upstream, build_upstream, default_model
+from .writer import BatchWriter
 
 MIGRATIONS_DIR = str(Path(__file__).resolve().parents[1] / "migrations")
 GUNICORN_CONFIG = str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py")
@@ -29,6 +30,7 @@ class RelayState:
     config: dict[str, Any]
     upstream: Upstream
     broker: Broker
+    writer: BatchWriter
     _default_model: str | None = field(default=None)
 
     def default_model(self) -> str:
@@ -71,7 +73,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         if db.engine.dialect.name == "sqlite":
             tune_sqlite(db.engine)
     app.extensions["relay"] = RelayState(
-        config=config, upstream=build_upstream(config), broker=Broker(config["REDIS_URL"])
+        config=config, upstream=build_upstream(config), broker=Broker(config["REDIS_URL"]),
+        writer=BatchWriter(app),
     )
 
     from .views import api, compat, conversations, ops, stream, web

@@ -74,8 +74,20 @@ class Broker:
 
     def notify(self, ticket_id: str) -> None:
         """Wake every reader of ticket_id, here and (with Redis) on other workers and hosts."""
-        self._wake_local(ticket_id)
+        self.wake_local(ticket_id)
         self._publish(_EVENTS_CHANNEL, ticket_id)
+
+    def publish_many(self, ticket_ids: list[str]) -> None:
+        """Tell other workers and hosts (with Redis) that these tickets have new stored events."""
+        if self.redis_url is None:
+            return
+        try:
+            pipeline = self._client().pipeline(transaction=False)
+            for ticket_id in ticket_ids:
+                pipeline.publish(_EVENTS_CHANNEL, f"{self._origin}:{ticket_id}")
+            pipeline.execute()
+        except Exception as exc:
+            log.warning("redis publish failed: %s", exc)
 
     def on_cancel(self, ticket_id: str, callback: Callable[[], None]) -> None:
         """Register the local producer's cancel callback for ticket_id."""
@@ -90,7 +102,8 @@ class Broker:
         self._cancel_local(ticket_id)
         self._publish(_CANCEL_CHANNEL, ticket_id)
 
-    def _wake_local(self, ticket_id: str) -> None:
+    def wake_local(self, ticket_id: str) -> None:
+        """Wake the readers of ticket_id in this process."""
         watch = self._watches.get(ticket_id)
         if watch is not None:
             watch.version += 1
@@ -140,6 +153,6 @@ class Broker:
         if origin == self._origin:
             return
         if channel.decode() == _EVENTS_CHANNEL:
-            self._wake_local(ticket_id)
+            self.wake_local(ticket_id)
         else:
             self._cancel_local(ticket_id)

@@ -52,6 +52,7 @@ class Ticket(db.Model):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="pending")
+    # The id of the `done` event once the ticket is finished (0 before).
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

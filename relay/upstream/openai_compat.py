@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,9 @@ class OpenAIUpstream:
             "max_retries": 0,
         }
         self._read_timeout = read_timeout
+        # The SDK's request headers call platform.platform(), which forks `uname -p` once per
+        # process; under gevent, concurrent first requests would each fork. Do it once, now.
+        platform.platform()
         self._client: openai.OpenAI | None = None
         self._models: list[str] | None = None
 
@@ -70,40 +74,70 @@ class OpenAIUpstream:
             params["temperature"] = request.temperature
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
+        # The raw response keeps the SDK's auth, URLs and error mapping but skips building a
+        # pydantic model per chunk, which cost more CPU than everything else relay does.
+        started = False
         try:
-            stream = self.client.chat.completions.create(**params)
+            with self.client.chat.completions.with_streaming_response.create(**params) as raw:
+                started = True
+                yield from _chunks(_sse_data(raw.iter_lines()))
+        except UpstreamError:
+            raise
         except Exception as exc:
-            raise _translate(exc, self._read_timeout) from exc
-        finish_reason: str | None = None
-        usage: dict[str, Any] = {}
-        try:
-            for chunk in stream:
-                if chunk.usage is not None:
-                    usage = chunk.usage.model_dump(exclude_none=True)
-                for choice in chunk.choices[:1]:
-                    if choice.delta is not None and choice.delta.content:
-                        yield Delta(choice.delta.content)
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-        except Exception as exc:
-            raise _translate(exc, self._read_timeout, mid_stream=True) from exc
-        finally:
-            stream.close()
-        if finish_reason is None:
-            raise UpstreamError(
-                "upstream_disconnected", "The upstream ended the stream before it finished."
-            )
-        yield Finish(finish_reason, usage)
+            raise _translate(exc, self._read_timeout, mid_stream=started) from exc
+
+
+def _sse_data(lines: Iterator[str]) -> Iterator[str]:
+    """The `data` of each server-sent event in `lines`, multi-line data joined with newlines."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield "\n".join(data)
+
+
+def _chunks(events: Iterator[str]) -> Iterator[Delta | Finish]:
+    finish_reason: str | None = None
+    usage: dict[str, Any] = {}
+    for data in events:
+        if data.startswith("[DONE]"):
+            break
+        chunk = json.loads(data)
+        if not isinstance(chunk, dict):
+            raise UpstreamError("upstream_bad_response", "The upstream sent a chunk that is not "
+                                "a JSON object.")
+        if chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError("upstream_error", f"The upstream reported an error: {message}")
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in (chunk.get("choices") or [])[:1]:
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                yield Delta(content)
+            if choice.get("finish_reason"):
+                finish_reason = choice["finish_reason"]
+    if finish_reason is None:
+        raise UpstreamError(
+            "upstream_disconnected", "The upstream ended the stream before it finished."
+        )
+    yield Finish(finish_reason, usage)
 
 
 def _translate(exc: Exception, read_timeout: float, *, mid_stream: bool = False) -> UpstreamError:
     if isinstance(exc, UpstreamError):
         return exc
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return UpstreamError(
             "upstream_timeout", f"The upstream sent nothing for {read_timeout:g} seconds."
         )
-    if isinstance(exc, openai.APIConnectionError) and mid_stream:
+    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError) and mid_stream:
         cause = exc.__cause__ or exc
         return UpstreamError(
             "upstream_disconnected", f"The upstream connection broke mid-answer: {cause}"
@@ -121,7 +155,7 @@ def _translate(exc: Exception, read_timeout: float, *, mid_stream: bool = False)
         )
     if isinstance(exc, openai.APIError):
         return UpstreamError("upstream_error", f"The upstream reported an error: {exc.message}")
-    if isinstance(exc, json.JSONDecodeError | ValueError | TypeError | AttributeError):
+    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
         return UpstreamError("upstream_bad_response", f"The upstream sent malformed data: {exc}")
     log.warning("upstream stream broke: %r", exc)
     return UpstreamError("upstream_disconnected", f"The upstream connection broke: {exc}")

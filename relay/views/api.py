@@ -56,6 +56,7 @@ def cancel(ticket_id: str) -> tuple[Response, int]:
 
 
 def ticket_json(ticket: tickets.Ticket) -> dict[str, Any]:
+    text, last_event_id = tickets.ticket_progress(ticket.id)
     error = (
         {"code": ticket.error_code, "message": ticket.error_message} if ticket.error_code else None
     )
@@ -64,8 +65,8 @@ def ticket_json(ticket: tickets.Ticket) -> dict[str, Any]:
         "status": ticket.status,
         "model": ticket.model,
         "conversation_id": ticket.conversation_id,
-        "text": tickets.ticket_text(ticket.id),
-        "last_event_id": ticket.last_seq,
+        "text": text,
+        "last_event_id": last_event_id,
         "finish_reason": ticket.finish_reason,
         "usage": ticket.usage or {},
         "error": error,

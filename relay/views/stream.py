@@ -60,7 +60,7 @@ def stream(ticket_id: str) -> Response:
     if ticket.status == "pending" and tickets.claim_ticket(
         ticket.id, generation.worker_id(), app.config["LEASE_SECONDS"]
     ):
-        generation.start_generation(app, ticket.id)
+        generation.start_generation(app, ticket.id, ticket.request)
     config = app.config
     settings = _StreamSettings(
         heartbeat=config["HEARTBEAT_SECONDS"],
@@ -86,29 +86,39 @@ def _event_stream(
             last_write = time.monotonic()
             while True:
                 version = broker.version(ticket_id)
-                with app.app_context():
-                    events = tickets.events_after(ticket_id, last_seen)
-                if events:
-                    yield b"".join(
-                        sse.encode(data, id=seq, event="done" if kind == "done" else None)
-                        for seq, kind, data in events
-                    )
-                    last_seen = events[-1][0]
-                    if events[-1][1] == "done":
-                        return
+                live = generation.live_log(ticket_id)
+                if live is not None and not live.finished:
+                    frames, done = live.frames[last_seen:], False
+                else:
+                    frames, done = _stored_frames(app, ticket_id, last_seen)
+                if frames:
+                    yield b"".join(frames)
+                    last_seen += len(frames)
                     last_write = time.monotonic()
+                    if done:
+                        return
                 elif time.monotonic() - last_write >= settings.heartbeat:
                     yield sse.PING
                     last_write = time.monotonic()
-                local = generation.is_local(ticket_id)
                 timeout = settings.heartbeat - (time.monotonic() - last_write)
-                if not local and not broker.crosses_processes:
+                if live is None and not broker.crosses_processes:
                     timeout = min(timeout, settings.poll)
-                if not broker.wait(ticket_id, version, max(timeout, 0.0)) and not local:
+                if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
                     _reap_if_expired(app, broker, ticket_id)
     finally:
         metrics.STREAMS_OPEN.dec()
         _reader_left(app, broker, ticket_id, settings)
+
+
+def _stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[bytes], bool]:
+    """Encoded events after `last_seen` from the database, and whether they end with `done`."""
+    with app.app_context():
+        events = tickets.events_after(ticket_id, last_seen)
+    frames = [
+        sse.encode(data, id=seq, event="done" if kind == "done" else None)
+        for seq, kind, data in events
+    ]
+    return frames, bool(events) and events[-1][1] == "done"
 
 
 def _reap_if_expired(app: Flask, broker: Broker, ticket_id: str) -> None:
@@ -128,13 +138,13 @@ def _reader_left(app: Flask, broker: Broker, ticket_id: str, settings: _StreamSe
     if _local_readers[ticket_id] > 0:
         return
     del _local_readers[ticket_id]
-    if settings.cancel_on_disconnect and generation.is_local(ticket_id):
+    if settings.cancel_on_disconnect and generation.live_log(ticket_id) is not None:
         gevent.spawn(_cancel_if_abandoned, app, broker, ticket_id, settings.disconnect_grace)
 
 
 def _cancel_if_abandoned(app: Flask, broker: Broker, ticket_id: str, grace: float) -> None:
     gevent.sleep(grace)
-    if _local_readers[ticket_id] == 0 and generation.is_local(ticket_id):
+    if _local_readers[ticket_id] == 0 and generation.live_log(ticket_id) is not None:
         with app.app_context():
             tickets.request_cancel(ticket_id)
         broker.cancel(ticket_id)

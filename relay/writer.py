@@ -1,0 +1,133 @@
+"""One batch writer per worker: every producer's new chunks go to the database in one transaction.
+
+A SQLite commit blocks every greenlet of the worker, so commits are per worker, not per stream:
+each FLUSH_MS the writer takes the pending chunks of every producer, checks their claims (a
+cancel flag or a claim lost to the reaper stops the producer), inserts all rows with one
+statement and, every third of the lease, renews the lease of every ticket this worker generates
+with one UPDATE. Finishing a ticket takes the same lock, so its `done` is never committed ahead
+of its last chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import gevent.event
+import gevent.lock
+from flask import Flask
+
+from . import tickets
+
+if TYPE_CHECKING:
+    from .generation import Producer
+
+log = logging.getLogger("relay.writer")
+
+
+class BatchWriter:
+    """Group-commits the chunks of every producer in this worker and keeps their leases alive."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.flush_seconds = app.config["FLUSH_MS"] / 1000.0
+        self.lease_seconds = app.config["LEASE_SECONDS"]
+        self.lock = gevent.lock.RLock()
+        self._producers: dict[str, Producer] = {}
+        self._dirty: set[str] = set()
+        self._wake = gevent.event.Event()
+        self._loop: gevent.Greenlet | None = None
+        self._renew_at = 0.0
+
+    def register(self, producer: Producer) -> None:
+        self._producers[producer.ticket_id] = producer
+        if self._loop is None or self._loop.dead:
+            self._loop = gevent.spawn(self._run)
+
+    def unregister(self, ticket_id: str) -> None:
+        self._producers.pop(ticket_id, None)
+        self._dirty.discard(ticket_id)
+
+    def mark_dirty(self, ticket_id: str) -> None:
+        """A producer has new chunks: they are committed within FLUSH_MS."""
+        if ticket_id not in self._dirty:
+            self._dirty.add(ticket_id)
+            self._wake.set()
+
+    def _run(self) -> None:
+        last_flush = 0.0
+        while self._producers or self._dirty:
+            self._wake.wait(timeout=self.lease_seconds / 3)
+            self._wake.clear()
+            gevent.sleep(max(0.0, last_flush + self.flush_seconds - time.monotonic()))
+            last_flush = time.monotonic()
+            try:
+                self.flush()
+            except Exception:
+                log.exception("batch write failed; retrying at the next flush")
+        self._loop = None
+
+    def flush(self) -> None:
+        """Commit every pending chunk, stop producers whose claim was cancelled or lost."""
+        with self.lock, self.app.app_context():
+            batch = {tid: self._producers[tid].take_pending() for tid in self._dirty
+                     if tid in self._producers}
+            self._dirty.clear()
+            now = time.monotonic()
+            renew = now >= self._renew_at
+            checked = list(self._producers) if renew else list(batch)
+            try:
+                verdicts = self._commit(batch, checked, renew)
+            except Exception:
+                for tid, rows in batch.items():
+                    self._give_back(tid, rows)
+                raise
+            if renew:
+                self._renew_at = now + self.lease_seconds / 3
+        for tid, verdict in verdicts.items():
+            producer = self._producers.get(tid)
+            if producer is not None:
+                self._give_back(tid, batch.get(tid, []))
+                producer.stop(verdict)
+        committed = [tid for tid, rows in batch.items() if rows and tid not in verdicts]
+        if committed:
+            self.app.extensions["relay"].broker.publish_many(committed)
+
+    def _commit(
+        self, batch: dict[str, list[tickets.StoredEvent]], checked: list[str], renew: bool
+    ) -> dict[str, str]:
+        worker_id = self._worker_id()
+        with tickets.db.engine.begin() as conn:
+            verdicts = tickets.check_claims(conn, checked, worker_id)
+            rows: list[dict[str, Any]] = []
+            for tid, events in batch.items():
+                if tid not in verdicts:
+                    rows.extend(tickets.event_rows(tid, events))
+            tickets.insert_events(conn, rows)
+            if renew:
+                tickets.renew_leases(conn, worker_id, time.time() + self.lease_seconds)
+        return verdicts
+
+    def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:
+        producer = self._producers.get(ticket_id)
+        if producer is not None and rows:
+            producer.pending[:0] = rows
+
+    @staticmethod
+    def _worker_id() -> str:
+        return worker_id()
+
+
+def worker_id() -> str:
+    """This process's identity in ticket claims (host and pid, unique per fork)."""
+    pid = os.getpid()
+    if pid not in _worker_ids:
+        _worker_ids[pid] = f"{socket.gethostname()[:40]}:{pid}:{os.urandom(3).hex()}"
+    return _worker_ids[pid]
+
+
+_worker_ids: dict[int, str] = {}
