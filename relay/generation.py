@@ -2,8 +2,8 @@
 
 One producer greenlet runs per ticket, in the worker that won the claim. Each chunk is encoded
 once into the ticket's in-memory `LiveLog`, which readers in this process stream from, and queued
-for the worker's BatchWriter, which commits every producer's chunks together. The producer
-writes exactly one `done`, and only after it is committed does `done` reach the log. Cancels,
+for the worker's BatchWriter, which commits every producer's chunks together and only then makes
+them visible in the log. The producer writes exactly one `done`. Cancels,
 lost claims and shutdown stop it by raising `Stop` at the point where it waits for the upstream,
 which closes the upstream call. Must not count readers.
 """
@@ -38,10 +38,14 @@ _STOP_OUTCOMES = {
 
 @dataclass
 class LiveLog:
-    """The encoded frames of a ticket being generated here; frame n-1 is event id n."""
+    """The encoded frames of a ticket being generated here; frame n-1 is event id n.
+
+    Only the first `visible` frames are committed, and readers send no others, so every event a
+    client has seen survives this worker's death.
+    """
 
     frames: list[bytes] = field(default_factory=list)
-    done_seq: int | None = None
+    visible: int = 0
     finished: bool = False
 
 
@@ -154,7 +158,6 @@ class Producer:
         self.pending.append((seq, "delta", data))
         self.text_parts.append(delta.text)
         self.writer.mark_dirty(self.ticket_id)
-        self.broker.wake_local(self.ticket_id)
 
     def _finish(self, outcome: dict[str, Any]) -> None:
         done_seq = len(self.log.frames) + 1
@@ -185,7 +188,7 @@ class Producer:
                 outcome.get("error"),
             )
             self.log.frames.append(sse.encode(payload, event="done", id=done_seq))
-            self.log.done_seq = done_seq
+            self.log.visible = len(self.log.frames)
         self.log.finished = True
         self.broker.notify(self.ticket_id)
 

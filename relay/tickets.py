@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from .db import db
 from .errors import Conflict, ConversationNotFound, InvalidRequest, TicketNotFound
@@ -25,6 +25,27 @@ _ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _tickets = Ticket.__table__
 _events = TicketEvent.__table__
 _messages = Message.__table__
+_conversations = Conversation.__table__
+
+# Statements on the hot paths are built once, so SQLAlchemy compiles and caches them once.
+_INSERT_CONVERSATION = insert(_conversations)
+_TOUCH_CONVERSATION = (
+    update(_conversations)
+    .where(_conversations.c.id == bindparam("cid"))
+    .values(updated_at=bindparam("updated_at"))
+)
+_INSERT_MESSAGE = insert(_messages)
+_INSERT_TICKET = insert(_tickets)
+_INSERT_EVENTS = insert(_events)
+_SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
+_CLAIM_TICKET = (
+    update(_tickets)
+    .where(_tickets.c.id == bindparam("tid"), _tickets.c.status == "pending")
+    .values(
+        status="running", claimed_by=bindparam("worker"), started_at=bindparam("now"),
+        lease_expires_at=bindparam("until"),
+    )
+)
 
 StoredEvent = tuple[int, str, str]
 """(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
@@ -45,11 +66,18 @@ class NewTicket:
 
 
 @dataclass(frozen=True)
+class CreatedTicket:
+    id: str
+    conversation_id: str
+
+
+@dataclass(frozen=True)
 class TicketState:
     """The columns a stream needs to decide what to do next."""
 
     status: str
     lease_expires_at: float | None
+    done_seq: int
 
 
 def new_id() -> str:
@@ -61,59 +89,84 @@ def is_valid_id(value: str) -> bool:
     return bool(_ID_PATTERN.match(value))
 
 
-def create_ticket(owner: str, spec: NewTicket) -> Ticket:
+def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
     """Store the request (and its conversation turn) as a pending ticket owned by `owner`."""
-    session = db.session
     now = time.time()
     if spec.conversation_id is not None:
-        conversation = load_conversation(spec.conversation_id, owner)
-        _settle_active_tickets(conversation.id)
-        history = conversation_messages(conversation.id)
+        conversation_id = spec.conversation_id
+        with db.engine.connect() as conn:
+            found = is_valid_id(conversation_id) and conn.execute(
+                select(_conversations.c.owner).where(_conversations.c.id == conversation_id)
+            ).scalar() == owner
+        if not found:
+            raise ConversationNotFound("No such conversation.")
+        _settle_active_tickets(conversation_id)
+        with db.engine.connect() as conn:
+            history = _history(conn, conversation_id)
+    elif spec.regenerate:
+        raise InvalidRequest("`regenerate` needs the `conversation_id` to regenerate in.")
     else:
-        if spec.regenerate:
-            raise InvalidRequest("`regenerate` needs the `conversation_id` to regenerate in.")
-        first = spec.prompt if spec.prompt is not None else spec.messages[-1]["content"]  # type: ignore[index]
-        conversation = Conversation(id=new_id(), owner=owner, title=_title(first), created_at=now)
-        session.add(conversation)
-        history = []
-    conversation.updated_at = now
+        conversation_id, history = new_id(), []
 
+    dropped: list[int] = []
+    added: list[dict[str, Any]] = []
     if spec.regenerate:
-        while history and history[-1].role == "assistant":
-            session.delete(history.pop())
-        if not history or history[-1].role != "user":
+        while history and history[-1]["role"] == "assistant":
+            dropped.append(history.pop()["id"])
+        if not history or history[-1]["role"] != "user":
             raise InvalidRequest("There is no user message to regenerate an answer for.")
     else:
-        turns = spec.messages if spec.messages is not None else [
-            {"role": "user", "content": spec.prompt or ""}
+        turns = spec.messages or [{"role": "user", "content": spec.prompt or ""}]
+        position = history[-1]["position"] + 1 if history else 0
+        added = [
+            {"conversation_id": conversation_id, "position": position + offset,
+             "role": turn["role"], "content": turn["content"], "ticket_id": None,
+             "status": None, "created_at": now}
+            for offset, turn in enumerate(turns)
         ]
-        position = history[-1].position + 1 if history else 0
-        for offset, turn in enumerate(turns):
-            message = Message(
-                conversation_id=conversation.id, position=position + offset, role=turn["role"],
-                content=turn["content"], created_at=now,
-            )
-            session.add(message)
-            history.append(message)
+        history += added
 
     upstream_messages = [{"role": "system", "content": spec.system}] if spec.system else []
     upstream_messages += [
-        {"role": m.role, "content": m.content}
+        {"role": m["role"], "content": m["content"]}
         for m in history
-        if m.status in (None, "completed", "cancelled") and (m.content or m.role != "assistant")
+        if m["status"] in (None, "completed", "cancelled")
+        and (m["content"] or m["role"] != "assistant")
     ]
     request: dict[str, Any] = {"model": spec.model, "messages": upstream_messages}
     if spec.temperature is not None:
         request["temperature"] = spec.temperature
     if spec.max_tokens is not None:
         request["max_tokens"] = spec.max_tokens
-    ticket = Ticket(
-        id=new_id(), owner=owner, conversation_id=conversation.id, request=request,
-        model=spec.model, status="pending", last_seq=0, cancel_requested=False, created_at=now,
-    )
-    session.add(ticket)
-    session.commit()
-    return ticket
+    ticket_id = new_id()
+    with db.engine.begin() as conn:
+        if spec.conversation_id is None:
+            conn.execute(_INSERT_CONVERSATION, {
+                "id": conversation_id, "owner": owner, "title": _title(added[-1]["content"]),
+                "created_at": now, "updated_at": now,
+            })
+        else:
+            conn.execute(_TOUCH_CONVERSATION, {"cid": conversation_id, "updated_at": now})
+        if dropped:
+            conn.execute(delete(_messages).where(_messages.c.id.in_(dropped)))
+        if added:
+            conn.execute(_INSERT_MESSAGE, added)
+        conn.execute(_INSERT_TICKET, {
+            "id": ticket_id, "owner": owner, "conversation_id": conversation_id,
+            "request": request, "model": spec.model, "status": "pending", "last_seq": 0,
+            "cancel_requested": False, "created_at": now,
+        })
+    return CreatedTicket(ticket_id, conversation_id)
+
+
+def _history(conn: Any, conversation_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(_messages.c.id, _messages.c.position, _messages.c.role, _messages.c.content,
+               _messages.c.status)
+        .where(_messages.c.conversation_id == conversation_id)
+        .order_by(_messages.c.position)
+    ).mappings()
+    return [dict(row) for row in rows]
 
 
 def _title(text: str) -> str:
@@ -123,11 +176,13 @@ def _title(text: str) -> str:
 
 def _settle_active_tickets(conversation_id: str) -> None:
     """Refuse a new turn while one is generating; cancel tickets that were never opened."""
-    active = db.session.scalars(
-        select(Ticket).where(
-            Ticket.conversation_id == conversation_id, Ticket.status.in_(("pending", "running"))
-        )
-    ).all()
+    with db.engine.connect() as conn:
+        active = conn.execute(
+            select(_tickets.c.id, _tickets.c.status, _tickets.c.lease_expires_at).where(
+                _tickets.c.conversation_id == conversation_id,
+                _tickets.c.status.in_(("pending", "running")),
+            )
+        ).all()
     for ticket in active:
         expired = (ticket.lease_expires_at or 0) < time.time()
         if ticket.status == "running" and not (expired and reap_if_expired(ticket.id)):
@@ -139,9 +194,12 @@ def _settle_active_tickets(conversation_id: str) -> None:
             cancel_ticket(ticket.id)
 
 
-def load_ticket(ticket_id: str, owner: str) -> Ticket:
-    """Return the caller's ticket; unknown, malformed and not-yours ids all raise the same 404."""
-    ticket = db.session.get(Ticket, ticket_id) if is_valid_id(ticket_id) else None
+def load_ticket(ticket_id: str, owner: str) -> Any:
+    """The caller's ticket row; unknown, malformed and not-yours ids all raise the same 404."""
+    ticket = None
+    if is_valid_id(ticket_id):
+        with db.engine.connect() as conn:
+            ticket = conn.execute(_SELECT_TICKET, {"tid": ticket_id}).first()
     if ticket is None or ticket.owner != owner:
         raise TicketNotFound("No such ticket.")
     return ticket
@@ -168,28 +226,23 @@ def conversation_messages(conversation_id: str) -> list[Message]:
 
 
 def read_state(ticket_id: str) -> TicketState:
-    """Status and lease of a ticket, in one short read."""
+    """Status, lease and (once finished) `done` id of a ticket, in one short read."""
     with db.engine.connect() as conn:
         row = conn.execute(
-            select(_tickets.c.status, _tickets.c.lease_expires_at).where(
+            select(_tickets.c.status, _tickets.c.lease_expires_at, _tickets.c.last_seq).where(
                 _tickets.c.id == ticket_id
             )
         ).one()
-    return TicketState(row.status, row.lease_expires_at)
+    return TicketState(row.status, row.lease_expires_at, row.last_seq)
 
 
 def claim_ticket(ticket_id: str, worker_id: str, lease_seconds: float) -> bool:
     """Atomically move a pending ticket to running for `worker_id`; True for the one winner."""
     now = time.time()
     with db.engine.begin() as conn:
-        result = conn.execute(
-            update(_tickets)
-            .where(_tickets.c.id == ticket_id, _tickets.c.status == "pending")
-            .values(
-                status="running", claimed_by=worker_id, started_at=now,
-                lease_expires_at=now + lease_seconds,
-            )
-        )
+        result = conn.execute(_CLAIM_TICKET, {
+            "tid": ticket_id, "worker": worker_id, "now": now, "until": now + lease_seconds,
+        })
     return result.rowcount == 1
 
 
@@ -214,7 +267,7 @@ def check_claims(conn: Any, ticket_ids: Sequence[str], worker_id: str) -> dict[s
 def insert_events(conn: Any, rows: list[dict[str, Any]]) -> None:
     """Insert event rows (from `event_rows`) with one statement."""
     if rows:
-        conn.execute(insert(_events), rows)
+        conn.execute(_INSERT_EVENTS, rows)
 
 
 def renew_leases(conn: Any, worker_id: str, until: float) -> None:

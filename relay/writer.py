@@ -4,8 +4,9 @@ A SQLite commit blocks every greenlet of the worker, so commits are per worker, 
 each FLUSH_MS the writer takes the pending chunks of every producer, checks their claims (a
 cancel flag or a claim lost to the reaper stops the producer), inserts all rows with one
 statement and, every third of the lease, renews the lease of every ticket this worker generates
-with one UPDATE. Finishing a ticket takes the same lock, so its `done` is never committed ahead
-of its last chunks.
+with one UPDATE. Only then are the chunks visible to readers. When the writer has been idle for
+FLUSH_MS it commits at once, so a first token waits for one commit, not a batch. Finishing a
+ticket takes the same lock, so its `done` is never committed ahead of its last chunks.
 """
 
 from __future__ import annotations
@@ -94,8 +95,14 @@ class BatchWriter:
                 self._give_back(tid, batch.get(tid, []))
                 producer.stop(verdict)
         committed = [tid for tid, rows in batch.items() if rows and tid not in verdicts]
+        broker = self.app.extensions["relay"].broker
+        for tid in committed:
+            producer = self._producers.get(tid)
+            if producer is not None:
+                producer.log.visible = max(producer.log.visible, batch[tid][-1][0])
+            broker.wake_local(tid)
         if committed:
-            self.app.extensions["relay"].broker.publish_many(committed)
+            broker.publish_many(committed)
 
     def _commit(
         self, batch: dict[str, list[tickets.StoredEvent]], checked: list[str], renew: bool

@@ -104,9 +104,12 @@ def _sse_data(lines: Iterator[str]) -> Iterator[str]:
 def _chunks(events: Iterator[str]) -> Iterator[Delta | Finish]:
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
+    done = False
     for data in events:
-        if data.startswith("[DONE]"):
-            break
+        # Read on to the end of the body after [DONE], so the connection goes back to the pool.
+        done = done or data.startswith("[DONE]")
+        if done:
+            continue
         chunk = json.loads(data)
         if not isinstance(chunk, dict):
             raise UpstreamError("upstream_bad_response", "The upstream sent a chunk that is not "

@@ -36,7 +36,7 @@ def show_ticket(ticket_id: str) -> Response:
     if ticket.status == "running" and (ticket.lease_expires_at or 0) < time.time():
         if tickets.reap_if_expired(ticket.id) is not None:
             current_app.extensions["relay"].broker.notify(ticket.id)
-        tickets.db.session.refresh(ticket)
+        ticket = tickets.load_ticket(ticket_id, ticket.owner)
     return jsonify(ticket_json(ticket))
 
 
@@ -50,12 +50,12 @@ def cancel(ticket_id: str) -> tuple[Response, int]:
     broker = current_app.extensions["relay"].broker
     broker.cancel(ticket.id)
     broker.notify(ticket.id)
-    tickets.db.session.refresh(ticket)
+    ticket = tickets.load_ticket(ticket_id, ticket.owner)
     status = ticket.status if ticket.status in FINISHED_STATUSES else "cancelling"
     return jsonify({"id": ticket.id, "status": status}), 202
 
 
-def ticket_json(ticket: tickets.Ticket) -> dict[str, Any]:
+def ticket_json(ticket: Any) -> dict[str, Any]:
     text, last_event_id = tickets.ticket_progress(ticket.id)
     error = (
         {"code": ticket.error_code, "message": ticket.error_message} if ticket.error_code else None

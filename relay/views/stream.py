@@ -88,7 +88,7 @@ def _event_stream(
                 version = broker.version(ticket_id)
                 live = generation.live_log(ticket_id)
                 if live is not None and not live.finished:
-                    frames, done = live.frames[last_seen:], False
+                    frames, done = live.frames[last_seen : live.visible], False
                 else:
                     frames, done = _stored_frames(app, ticket_id, last_seen)
                 if frames:
@@ -104,7 +104,10 @@ def _event_stream(
                 if live is None and not broker.crosses_processes:
                     timeout = min(timeout, settings.poll)
                 if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
-                    _reap_if_expired(app, broker, ticket_id)
+                    done = _done_if_abandoned(app, broker, ticket_id, last_seen)
+                    if done:
+                        yield b"".join(done)
+                        return
     finally:
         metrics.STREAMS_OPEN.dec()
         _reader_left(app, broker, ticket_id, settings)
@@ -121,16 +124,23 @@ def _stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[byt
     return frames, bool(events) and events[-1][1] == "done"
 
 
-def _reap_if_expired(app: Flask, broker: Broker, ticket_id: str) -> None:
+def _done_if_abandoned(
+    app: Flask, broker: Broker, ticket_id: str, last_seen: int
+) -> list[bytes]:
+    """Reap a ticket whose worker died; resend `done` to a client whose id is already past it.
+
+    Readers only ever see committed events, so a client can only be past `done` by sending an id
+    it never received; it gets `done` rather than a stream that never ends.
+    """
     with app.app_context():
         state = tickets.read_state(ticket_id)
-        if (
-            state.status == "running"
-            and state.lease_expires_at is not None
-            and state.lease_expires_at < time.time()
-            and tickets.reap_if_expired(ticket_id) is not None
-        ):
+        expired = state.lease_expires_at is not None and state.lease_expires_at < time.time()
+        if state.status == "running" and expired and tickets.reap_if_expired(ticket_id):
             broker.notify(ticket_id)
+            state = tickets.read_state(ticket_id)
+    if state.status in FINISHED_STATUSES and 0 < state.done_seq <= last_seen:
+        return _stored_frames(app, ticket_id, state.done_seq - 1)[0]
+    return []
 
 
 def _reader_left(app: Flask, broker: Broker, ticket_id: str, settings: _StreamSettings) -> None:
