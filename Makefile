@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install frontend chromium run test lint clean
+.PHONY: install frontend chromium run test lint bench clean
 
 install: $(VENV)/.installed frontend
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 frontend:
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 ## make test: install everything, lint, then the whole suite (needs PostgreSQL and Redis).
 test: install chromium lint
 	$(BIN)/pytest
+
+## make bench: relay vs. the direct upstream vs. LiteLLM's proxy (bench/README.md); ~10 min.
+bench: install
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) instance frontend/node_modules screenshots bench/results

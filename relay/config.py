@@ -95,7 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
             "A generating worker renews its claim on a ticket every third of this; a claim not "
             "renewed for this long (its worker died) fails the ticket with `worker_lost`."),
     Setting("RELAY_FLUSH_MS", "FLUSH_MS", 25.0, float,
-            "How long a stream's chunks may gather before they are committed in one transaction."),
+            "How long chunks may gather before their worker commits them, all of its streams in "
+            "one transaction; an idle writer commits at once."),
     Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),
             "How often a reader on another worker checks the database for new events when "
             "Redis is not configured."),
