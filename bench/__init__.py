@@ -1,0 +1,1 @@
+"""relay's benchmark harness: `python -m bench` (see bench/README.md)."""

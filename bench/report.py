@@ -1,0 +1,163 @@
+"""Turn the results dict into the targets check, the Markdown table and the plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+_COLUMNS = ("relay", "direct", "litellm", "ceiling")
+_TITLES = {"relay": "relay", "direct": "direct upstream", "litellm": "LiteLLM proxy",
+           "ceiling": "ceiling (gevent forwarder)"}
+
+
+def _get(data: dict[str, Any], *path: str | int) -> Any:
+    node: Any = data
+    for key in path:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def added_ttft(ttft: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each target's TTFT minus the direct upstream's, at the median and at p99."""
+    results = ttft.get("results", {})
+    direct = results.get("direct")
+    if not direct:
+        return {}
+    return {
+        name: {"median_ms": round(row["median_ms"] - direct["median_ms"], 3),
+               "p99_ms": round(row["p99_ms"] - direct["p99_ms"], 3)}
+        for name, row in results.items() if name != "direct" and row.get("n")
+    }
+
+
+def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the value measured and whether it is met (None: not run)."""
+    added = data.get("ttft", {}).get("added", {})
+    sat = data.get("throughput", {}).get("saturation", {})
+    relay_add, lite_add = added.get("relay", {}), added.get("litellm", {})
+    relay_sat, lite_sat, ceil_sat = sat.get("relay", {}), sat.get("litellm", {}), sat.get(
+        "ceiling", {})
+    streams = data.get("open_streams", {}).get("relay", {})
+    small = data.get("tickets", {}).get("1KiB", {})
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    checks = [
+        ("added TTFT median <= 3 ms", relay_add.get("median_ms"), lambda v: v <= 3),
+        ("added TTFT p99 <= 15 ms", relay_add.get("p99_ms"), lambda v: v <= 15),
+        ("added TTFT median <= 1/5 of LiteLLM's (ratio)",
+         ratio(relay_add.get("median_ms"), lite_add.get("median_ms")), lambda v: v <= 0.2),
+        ("tokens per CPU-second >= 5x LiteLLM's (ratio)",
+         ratio(relay_sat.get("tokens_per_cpu_s"), lite_sat.get("tokens_per_cpu_s")),
+         lambda v: v >= 5),
+        ("throughput >= 40% of the ceiling (tokens/s ratio)",
+         ratio(relay_sat.get("tokens_per_s"), ceil_sat.get("tokens_per_s")), lambda v: v >= 0.4),
+        (">= 5,000 open streams, every heartbeat on time", streams.get("max_streams_on_time"),
+         lambda v: v >= 5000),
+        ("< 40 KiB resident memory per open stream", streams.get("rss_kib_per_stream"),
+         lambda v: v < 40),
+        ("POST /new >= 1,000 tickets/s (1 KiB prompts)", small.get("per_s"),
+         lambda v: v >= 1000),
+        ("POST /new p99 < 50 ms (1 KiB prompts)", _get(small, "latency", "p99_ms"),
+         lambda v: v < 50),
+    ]
+    return [{"target": name, "measured": value, "met": None if value is None else bool(ok(value))}
+            for name, value, ok in checks]
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return text + unit
+
+
+def _pair(row: dict[str, Any] | None, a: str, b: str) -> str:
+    if not row or not row.get("n", 1):
+        return "–"
+    return f"{_fmt(row.get(a))} / {_fmt(row.get(b))}"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The short results table and the targets table."""
+    meta = data["meta"]
+    cols = [c for c in _COLUMNS if c in meta["targets"]]
+    ttft = data.get("ttft", {})
+    added = ttft.get("added", {})
+    sat = data.get("throughput", {}).get("saturation", {})
+    streams = data.get("open_streams", {})
+    tick = data.get("tickets", {})
+    conc = meta.get("saturation_concurrency")
+    rows: list[tuple[str, dict[str, str]]] = [
+        ("TTFT median / p99, ms (one stream at a time)",
+         {c: _pair(_get(ttft, "results", c), "median_ms", "p99_ms") for c in cols}),
+        ("added TTFT over direct, median / p99, ms",
+         {c: _pair(added.get(c), "median_ms", "p99_ms") for c in cols if c != "direct"}),
+        (f"tokens/s, {conc} concurrent streams, zero-delay upstream",
+         {c: _fmt(_get(sat, c, "tokens_per_s")) for c in cols}),
+        ("tokens per CPU-second of the server's process tree",
+         {c: _fmt(_get(sat, c, "tokens_per_cpu_s")) for c in cols}),
+        ("CPU seconds per 1,000 tokens",
+         {c: _fmt(_get(sat, c, "cpu_s_per_1k_tokens")) for c in cols}),
+        (f"TTFT median / p99 at {conc} streams, ms",
+         {c: _pair(_get(sat, c, "ttft"), "median_ms", "p99_ms") for c in cols}),
+        ("slow streams held with every frame on time (max tried level)",
+         {c: _fmt(_get(streams, c, "max_streams_on_time")) for c in cols if c in streams}),
+        ("resident memory per open stream, KiB",
+         {c: _fmt(_get(streams, c, "rss_kib_per_stream")) for c in cols if c in streams}),
+    ]
+    for size in ("1KiB", "1MiB"):
+        if size in tick:
+            rows.append((f"POST /new, {size} prompts: tickets/s, p99 ms", {
+                "relay": f"{_fmt(tick[size]['per_s'])}, {_fmt(tick[size]['latency']['p99_ms'])}"
+            }))
+    lines = [
+        f"## relay benchmark ({meta['mode']} mode, {meta['started']})", "",
+        f"Machine: {meta['cpus']} CPUs. Server under test pinned to CPU(s) "
+        f"{meta['server_cpus']} ({meta['workers']} worker); load generator and upstream pinned "
+        f"to CPU(s) {meta['load_cpus']}. Servers: {', '.join(cols)}.", "",
+        "| measurement | " + " | ".join(_TITLES[c] for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for label, values in rows:
+        lines.append(f"| {label} | " + " | ".join(values.get(c, "–") for c in cols) + " |")
+    if ttft.get("relay_v1"):
+        lines += ["", f"relay `/v1/chat/completions` TTFT: {ttft['relay_v1']}"]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for check in data.get("targets", []):
+        met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
+        lines.append(f"| {check['target']} | {_fmt(check['measured'])} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """TTFT (median) and throughput against concurrency, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, rows in data.get("throughput", {}).get("results", {}).items():
+        xs = [r["concurrency"] for r in rows]
+        left.plot(xs, [r["ttft"]["median_ms"] for r in rows], marker="o", label=_TITLES[name])
+        right.plot(xs, [r["tokens_per_s"] for r in rows], marker="o", label=_TITLES[name])
+    for axis, title, unit in ((left, "time to first token (median)", "ms"),
+                              (right, "throughput", "tokens/s")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent streams")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    left.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
