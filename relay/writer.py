@@ -123,6 +123,7 @@ class BatchWriter:
         producer = self._producers.get(ticket_id)
         if producer is not None and rows:
             producer.pending[:0] = rows
+            self._dirty.add(ticket_id)
 
     @staticmethod
     def _worker_id() -> str:
