@@ -42,7 +42,10 @@ class Message(db.Model):
 
 class Ticket(db.Model):
     __tablename__ = "tickets"
-    __table_args__ = (Index("ix_tickets_conversation_status", "conversation_id", "status"),)
+    __table_args__ = (
+        Index("ix_tickets_conversation_status", "conversation_id", "status"),
+        Index("ix_tickets_claimed_by_status", "claimed_by", "status"),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(128))

@@ -264,6 +264,16 @@ def check_claims(conn: Any, ticket_ids: Sequence[str], worker_id: str) -> dict[s
     return verdicts
 
 
+def cancelled_claims(conn: Any, worker_id: str) -> list[str]:
+    """The tickets `worker_id` is generating whose cancel was requested."""
+    return list(conn.execute(
+        select(_tickets.c.id).where(
+            _tickets.c.claimed_by == worker_id, _tickets.c.status == "running",
+            _tickets.c.cancel_requested.is_(True),
+        )
+    ).scalars())
+
+
 def insert_events(conn: Any, rows: list[dict[str, Any]]) -> None:
     """Insert event rows (from `event_rows`) with one statement."""
     if rows:

@@ -37,6 +37,11 @@ class BatchWriter:
         self.app = app
         self.flush_seconds = app.config["FLUSH_MS"] / 1000.0
         self.lease_seconds = app.config["LEASE_SECONDS"]
+        # Without Redis, a cancel sent to another worker arrives only through the database.
+        self.poll_cancels = app.config["REDIS_URL"] is None
+        self.idle_seconds = app.config["POLL_MS"] / 1000.0 if self.poll_cancels else (
+            self.lease_seconds / 3
+        )
         self.lock = gevent.lock.RLock()
         self._producers: dict[str, Producer] = {}
         self._dirty: set[str] = set()
@@ -62,9 +67,10 @@ class BatchWriter:
     def _run(self) -> None:
         last_flush = 0.0
         while self._producers or self._dirty:
-            self._wake.wait(timeout=self.lease_seconds / 3)
+            self._wake.wait(timeout=self.idle_seconds)
             self._wake.clear()
-            gevent.sleep(max(0.0, last_flush + self.flush_seconds - time.monotonic()))
+            if self._dirty:
+                gevent.sleep(max(0.0, last_flush + self.flush_seconds - time.monotonic()))
             last_flush = time.monotonic()
             try:
                 self.flush()
@@ -80,6 +86,8 @@ class BatchWriter:
             self._dirty.clear()
             now = time.monotonic()
             renew = now >= self._renew_at
+            if not (batch or renew or self.poll_cancels):
+                return
             checked = list(self._producers) if renew else list(batch)
             try:
                 verdicts = self._commit(batch, checked, renew)
@@ -110,6 +118,9 @@ class BatchWriter:
         worker_id = self._worker_id()
         with tickets.db.engine.begin() as conn:
             verdicts = tickets.check_claims(conn, checked, worker_id)
+            if self.poll_cancels:
+                for tid in tickets.cancelled_claims(conn, worker_id):
+                    verdicts.setdefault(tid, "cancelled")
             rows: list[dict[str, Any]] = []
             for tid, events in batch.items():
                 if tid not in verdicts:

@@ -107,8 +107,10 @@ def test_cross_host_resume_from_the_database(
         assert text_of(first + rest) == text
         assert [int(i) for i, _, _ in first + rest] == list(range(1, len(first + rest) + 1))
 
-        # A cancel sent to host A stops the producer on host B (seen at its next batch write).
-        cancel_ticket = new_ticket(b, "z" * 300, model="echo:30")
+        # A cancel sent to host A stops the producer on host B while its upstream is silent:
+        # without Redis, B's writer finds the flag within RELAY_POLL_MS.
+        tag = uuid.uuid4().hex[:8]
+        cancel_ticket = new_ticket(b, f"{tag} " + "z" * 300, model="stall:3")
         received: list = []
         reader = threading.Thread(
             target=lambda: received.extend(read_stream(b, cancel_ticket["stream_url"]))
@@ -119,7 +121,9 @@ def test_cross_host_resume_from_the_database(
             assert a.post(f"/sse/{cancel_ticket['id']}/cancel").status_code == 202
         reader.join(15)
     assert received[-1][2]["status"] == "cancelled"
-    assert len(received) < 100
+    assert text_of(received) == (f"{tag} " + "z" * 300)[:9]
+    call = upstream.calls_with(tag)[0]
+    assert call.ended.wait(5) and call.disconnected
 
 
 def test_cancel_on_disconnect_setting_stops_generation(
