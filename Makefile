@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install frontend chromium run test lint bench clean
+.PHONY: install frontend chromium run test lint bench screenshots clean
 
 install: $(VENV)/.installed frontend
 
@@ -35,6 +35,10 @@ lint: $(VENV)/.installed
 ## make test: install everything, lint, then the whole suite (needs PostgreSQL and Redis).
 test: install chromium lint
 	$(BIN)/pytest
+
+## make screenshots: PNGs of the chat page's main states, desktop and phone, in screenshots/.
+screenshots: install chromium
+	$(BIN)/python scripts/screenshots.py
 
 ## make bench: relay vs. the direct upstream vs. LiteLLM's proxy (bench/README.md); ~10 min.
 bench: install

@@ -157,7 +157,7 @@ class Producer:
         self.log.frames.append(sse.encode(data, id=seq))
         self.pending.append((seq, "delta", data))
         self.text_parts.append(delta.text)
-        self.writer.mark_dirty(self.ticket_id)
+        self.writer.mark_dirty(self.ticket_id, first_chunk=seq == 1)
 
     def _finish(self, outcome: dict[str, Any]) -> None:
         done_seq = len(self.log.frames) + 1

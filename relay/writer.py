@@ -4,8 +4,9 @@ A SQLite commit blocks every greenlet of the worker, so commits are per worker, 
 each FLUSH_MS the writer takes the pending chunks of every producer, checks their claims (a
 cancel flag or a claim lost to the reaper stops the producer), inserts all rows with one
 statement and, every third of the lease, renews the lease of every ticket this worker generates
-with one UPDATE. Only then are the chunks visible to readers. When the writer has been idle for
-FLUSH_MS it commits at once, so a first token waits for one commit, not a batch. Finishing a
+with one UPDATE. Only then are the chunks visible to readers. A stream's first chunk, and any
+chunk after FLUSH_MS without a commit, is committed at once, so time to first token waits for
+one commit, never for a batch. Finishing a
 ticket takes the same lock, so its `done` is never committed ahead of its last chunks.
 """
 
@@ -45,6 +46,7 @@ class BatchWriter:
         self.lock = gevent.lock.RLock()
         self._producers: dict[str, Producer] = {}
         self._dirty: set[str] = set()
+        self._first_chunk_waiting = False
         self._wake = gevent.event.Event()
         self._loop: gevent.Greenlet | None = None
         self._renew_at = 0.0
@@ -58,9 +60,10 @@ class BatchWriter:
         self._producers.pop(ticket_id, None)
         self._dirty.discard(ticket_id)
 
-    def mark_dirty(self, ticket_id: str) -> None:
-        """A producer has new chunks: they are committed within FLUSH_MS."""
-        if ticket_id not in self._dirty:
+    def mark_dirty(self, ticket_id: str, *, first_chunk: bool = False) -> None:
+        """A producer has new chunks: committed within FLUSH_MS, a stream's first one at once."""
+        self._first_chunk_waiting = self._first_chunk_waiting or first_chunk
+        if ticket_id not in self._dirty or first_chunk:
             self._dirty.add(ticket_id)
             self._wake.set()
 
@@ -69,9 +72,11 @@ class BatchWriter:
         while self._producers or self._dirty:
             self._wake.wait(timeout=self.idle_seconds)
             self._wake.clear()
-            if self._dirty:
+            if self._dirty and not self._first_chunk_waiting:
                 gevent.sleep(max(0.0, last_flush + self.flush_seconds - time.monotonic()))
-            last_flush = time.monotonic()
+            self._first_chunk_waiting = False
+            if self._dirty:
+                last_flush = time.monotonic()
             try:
                 self.flush()
             except Exception:

@@ -31,3 +31,13 @@ def test_models_lists_the_mock_default_first(client: FlaskClient) -> None:
 def test_static_files_cannot_escape_the_frontend_folder(client: FlaskClient) -> None:
     assert_error_shape(client.get("/static/../relay/__init__.py"), 404)
     assert_error_shape(client.get("/static/%2e%2e/pyproject.toml"), 404)
+
+
+def test_page_headers(client: FlaskClient) -> None:
+    with client.get("/") as page:
+        assert page.status_code == 200 and b"<html" in page.data
+        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+        assert page.headers["X-Content-Type-Options"] == "nosniff"
+    with client.get("/static/js/app.js") as script:
+        assert script.status_code == 200 and script.headers["Cache-Control"] == "no-cache"
+        assert script.mimetype in ("text/javascript", "application/javascript")
