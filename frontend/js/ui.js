@@ -1,0 +1,76 @@
+// The page's chrome: element lookups, toast and screen-reader announcements, the composer's
+// height, scrolling, the phone drawer and the model picker.
+
+import { listModels } from "./api.js";
+
+export const $ = (id) => document.getElementById(id);
+export const ui = {
+  app: $("app"), main: $("main"), log: $("log"), messages: $("messages"), empty: $("empty-state"),
+  title: $("chat-title"), model: $("model"), composer: $("composer"), prompt: $("prompt"),
+  send: $("send"), stop: $("stop"), toast: $("toast"), announcer: $("announcer"),
+  menu: $("menu-toggle"), scrim: $("scrim"), sidebarClose: $("sidebar-close"), newChat: $("new-chat"),
+};
+const MODEL_KEY = "relay.model";
+
+export function showEmptyState(empty) {
+  ui.empty.hidden = !empty;
+  if (empty) document.title = "relay";
+}
+
+export function isNearBottom() {
+  return ui.log.scrollHeight - ui.log.scrollTop - ui.log.clientHeight < 120;
+}
+
+export function scrollToBottom(force = false) {
+  if (force || isNearBottom()) ui.log.scrollTop = ui.log.scrollHeight;
+}
+
+export function setPrompt(text) {
+  ui.prompt.value = text;
+  resizePrompt();
+}
+
+export function resizePrompt() {
+  ui.prompt.style.height = "auto";
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 240)}px`;
+}
+
+let toastTimer = 0;
+export function showToast(message) {
+  ui.toast.textContent = message;
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 6000);
+}
+
+// Tell screen readers about a state change (the polite `role=status` region).
+export function announce(message) {
+  ui.announcer.textContent = "";
+  setTimeout(() => { ui.announcer.textContent = message; }, 50);
+}
+
+export function setSidebarOpen(open) {
+  ui.app.classList.toggle("sidebar-open", open);
+  ui.menu.setAttribute("aria-expanded", String(open));
+  ui.scrim.hidden = !open;
+  ui.main.inert = open; // the drawer is modal on a phone: keep focus inside it
+  if (open) ui.newChat.focus();
+}
+
+// Fill the picker from GET /v1/models (the default first), keeping the user's last choice.
+export async function loadModels() {
+  let models = [];
+  try {
+    models = await listModels();
+  } catch (error) {
+    showToast(`Could not load the model list: ${error.message}`);
+  }
+  const saved = window.localStorage.getItem(MODEL_KEY);
+  const options = models.map((id) => new Option(id, id, false, id === saved));
+  if (!options.length) options.push(new Option("Default model", ""));
+  ui.model.replaceChildren(...options);
+}
+
+export function rememberModel() {
+  window.localStorage.setItem(MODEL_KEY, ui.model.value);
+}
