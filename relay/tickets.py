@@ -335,26 +335,27 @@ def finish_ticket(
             ]
         else:
             condition += [_tickets.c.status == "pending"]
+        values: dict[str, Any] = {
+            "status": status, "finished_at": now, "finish_reason": finish_reason,
+            "usage": usage, "error_code": error["code"] if error else None,
+            "error_message": error["message"] if error else None, "lease_expires_at": None,
+        }
+        if done_seq is not None:
+            values["last_seq"] = done_seq
         claimed = conn.execute(
-            update(_tickets)
-            .where(*condition)
-            .values(
-                status=status, finished_at=now, finish_reason=finish_reason, usage=usage,
-                error_code=error["code"] if error else None,
-                error_message=error["message"] if error else None,
-                lease_expires_at=None,
-            )
-        )
-        if claimed.rowcount != 1:
+            update(_tickets).where(*condition).values(**values)
+            .returning(_tickets.c.conversation_id)
+        ).first()
+        if claimed is None:
             return None
-        conversation_id = conn.execute(
-            select(_tickets.c.conversation_id).where(_tickets.c.id == ticket_id)
-        ).scalar()
         if done_seq is None:
             done_seq = _last_stored_seq(conn, ticket_id) + 1
+            conn.execute(
+                update(_tickets).where(_tickets.c.id == ticket_id).values(last_seq=done_seq)
+            )
         done_event = (done_seq, "done", done_payload(status, finish_reason, usage, error))
         insert_events(conn, event_rows(ticket_id, [*pending_events, done_event]))
-        conn.execute(update(_tickets).where(_tickets.c.id == ticket_id).values(last_seq=done_seq))
+        conversation_id = claimed.conversation_id
         if text is None:
             text = _stored_text(conn, ticket_id)
         if conversation_id is not None and (status != "cancelled" or text):

@@ -64,7 +64,7 @@ def _words(text: str) -> list[str]:
 
 
 def _generated_answer(prompt: str, model: str) -> str:
-    topic = " ".join(prompt.split()[:8]) or "nothing in particular"
+    topic = " ".join(prompt.split()[:8]).rstrip(".,;:!?") or "nothing in particular"
     return (
         f"This is **{model}**, relay's built-in mock upstream, answering: *{topic}*.\n\n"
         "No model was called; set `OPENAI_API_KEY` and `OPENAI_BASE_URL` to use a real one. "
