@@ -1,7 +1,8 @@
 """`GET /sse/<id>`: everything that can fail fails before the first byte; then the event stream.
 
 The body is a plain generator handed plain values (never the `request` proxy). It sends
-`retry:`, the stored events after the client's last id, then waits on the broker, sending
+`retry:`, then the committed events after the client's last id (from this worker's LiveLog while
+it generates the ticket, else from the database), waiting on the broker in between and sending
 `: ping` when the heartbeat interval passes in silence, until it has sent `done`. Whether a
 disconnect stops generation is decided here, in `_reader_left`.
 """
@@ -55,7 +56,7 @@ def stream(ticket_id: str) -> Response:
     if ticket.status in FINISHED_STATUSES:
         if last_seen == ticket.last_seq:
             return Response(status=204)
-        # A client ahead of the store saw events a dead worker never committed: give it `done`.
+        # An id past `done` was never sent by relay; answer with `done`, not an endless stream.
         last_seen = min(last_seen, ticket.last_seq - 1)
     if ticket.status == "pending" and tickets.claim_ticket(
         ticket.id, generation.worker_id(), app.config["LEASE_SECONDS"]
@@ -104,9 +105,9 @@ def _event_stream(
                 if live is None and not broker.crosses_processes:
                     timeout = min(timeout, settings.poll)
                 if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
-                    done = _done_if_abandoned(app, broker, ticket_id, last_seen)
-                    if done:
-                        yield b"".join(done)
+                    final = _done_if_abandoned(app, broker, ticket_id, last_seen)
+                    if final:
+                        yield b"".join(final)
                         return
     finally:
         metrics.STREAMS_OPEN.dec()
