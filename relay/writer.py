@@ -72,8 +72,10 @@ class BatchWriter:
         while self._producers or self._dirty:
             self._wake.wait(timeout=self.idle_seconds)
             self._wake.clear()
-            if self._dirty and not self._first_chunk_waiting:
-                gevent.sleep(max(0.0, last_flush + self.flush_seconds - time.monotonic()))
+            deadline = last_flush + self.flush_seconds
+            while self._dirty and not self._first_chunk_waiting and time.monotonic() < deadline:
+                self._wake.wait(timeout=deadline - time.monotonic())  # a first chunk cuts in
+                self._wake.clear()
             self._first_chunk_waiting = False
             if self._dirty:
                 last_flush = time.monotonic()
