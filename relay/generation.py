@@ -158,6 +158,10 @@ class Producer:
         self.pending.append((seq, "delta", data))
         self.text_parts.append(delta.text)
         self.writer.mark_dirty(self.ticket_id, first_chunk=seq == 1)
+        if seq == 1:
+            # Let the writer commit the first chunk and its readers send it now, rather than
+            # after however many chunks the upstream socket already holds.
+            gevent.sleep(0)
 
     def _finish(self, outcome: dict[str, Any]) -> None:
         done_seq = len(self.log.frames) + 1
