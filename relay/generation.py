@@ -112,7 +112,6 @@ class Producer:
         try:
             outcome = self._stream()
         finally:
-            self.streaming = False
             self.broker.off_cancel(self.ticket_id)
         try:
             if outcome["status"] != "lost":
