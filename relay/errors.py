@@ -42,11 +42,6 @@ class UnsupportedMediaType(RelayError):
     code = "unsupported_media_type"
 
 
-class PayloadTooLarge(RelayError):
-    status = 413
-    code = "prompt_too_large"
-
-
 class NotFound(RelayError):
     status = 404
     code = "not_found"

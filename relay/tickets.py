@@ -1,8 +1,9 @@
-"""Tickets in the store: create, load with an owner check, claim, append events, finish, cancel.
+"""Tickets in the store: create, load with an owner check, claim, store events, finish, cancel.
 
-Must not use `request` or `g`. The streaming path uses short Core transactions on `db.engine`
-(each write starts with its UPDATE, so SQLite takes the write lock first and never has to upgrade
-a read snapshot); creation uses the ORM session of the request.
+Must not use `request` or `g`. Tickets and events go through short Core transactions on
+`db.engine` with statements built once; read-then-write paths start with their write (claim,
+finish), so SQLite takes the write lock first and never has to upgrade a read snapshot. Only the
+conversation views' rename and delete use the ORM session.
 """
 
 from __future__ import annotations
@@ -415,7 +416,8 @@ def ticket_progress(ticket_id: str) -> tuple[str, int]:
 
 
 def request_cancel(ticket_id: str) -> None:
-    """Ask the producer to stop (it sees the flag at its next write), or end a pending ticket."""
+    """Flag a running ticket for its producer's worker (whose writer polls the flag; a broker
+    cancel is faster), or end a ticket nobody has started streaming."""
     with db.engine.begin() as conn:
         conn.execute(
             update(_tickets)

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Request
 
-from .errors import InvalidJSON, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from .errors import InvalidJSON, InvalidRequest, UnsupportedMediaType
 from .tickets import NewTicket
 
 ROLES = ("system", "user", "assistant")
@@ -19,10 +19,12 @@ _FIELDS = {
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-def read_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a dict, from JSON or a form; enforces the size limit first."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {max_bytes} bytes.")
+def read_body(request: Request) -> dict[str, Any]:
+    """The request body as a dict, from JSON or a form.
+
+    The size limit is Flask's MAX_CONTENT_LENGTH (RELAY_MAX_PROMPT_BYTES): reading a larger body
+    raises werkzeug's 413, which the error handler renders as `prompt_too_large`.
+    """
     mimetype = request.mimetype
     if mimetype == "application/json" or mimetype.endswith("+json"):
         raw = request.get_data(cache=False)

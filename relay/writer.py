@@ -119,13 +119,13 @@ class BatchWriter:
             broker.publish_many(committed)
 
     def _commit(self, batch: dict[str, list[tickets.StoredEvent]], renew: bool) -> dict[str, str]:
-        worker_id = self._worker_id()
+        me = worker_id()
         with tickets.db.engine.begin() as conn:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
             # and then a renewal is due: checking every claim at renewal time is enough.
-            verdicts = tickets.check_claims(conn, list(self._producers), worker_id) if renew else {}
+            verdicts = tickets.check_claims(conn, list(self._producers), me) if renew else {}
             if self.poll_cancels:
-                for tid in tickets.cancelled_claims(conn, worker_id):
+                for tid in tickets.cancelled_claims(conn, me):
                     verdicts.setdefault(tid, "cancelled")
             rows: list[dict[str, Any]] = []
             for tid, events in batch.items():
@@ -133,7 +133,7 @@ class BatchWriter:
                     rows.extend(tickets.event_rows(tid, events))
             tickets.insert_events(conn, rows)
             if renew:
-                tickets.renew_leases(conn, worker_id, time.time() + self.lease_seconds)
+                tickets.renew_leases(conn, me, time.time() + self.lease_seconds)
         return verdicts
 
     def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:
@@ -141,10 +141,6 @@ class BatchWriter:
         if producer is not None and rows:
             producer.pending[:0] = rows
             self._dirty.add(ticket_id)
-
-    @staticmethod
-    def _worker_id() -> str:
-        return worker_id()
 
 
 def worker_id() -> str:

@@ -18,8 +18,7 @@ bp = Blueprint("api", __name__)
 @bp.post("/new")
 def new_ticket() -> tuple[Response, int, dict[str, str]]:
     """Store a prompt and return the ticket to stream it with."""
-    config = current_app.config
-    body = read_body(request, config["MAX_PROMPT_BYTES"])
+    body = read_body(request)
     state = current_app.extensions["relay"]
     spec = parse_new_ticket(body, state.default_model())
     ticket = tickets.create_ticket(current_owner(), spec)
