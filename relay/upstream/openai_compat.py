@@ -1,17 +1,25 @@
-"""Any OpenAI-compatible server through the official `openai` SDK.
+"""Any OpenAI-compatible server: the `openai` SDK resolves the endpoint, relay streams it lean.
 
-SDK types and exceptions stay inside this module: callers see Delta, Finish and UpstreamError.
-The SDK's patience (600 s, 2 retries) is not inherited: timeouts are ours and retries are off,
-because a retried streaming call would pay for the tokens twice.
+The SDK client holds the configuration (base URL, API key, organization and project, its
+headers) and lists the models. The streaming call is that same request, built once per process
+from the SDK client's URL and headers, sent on a pooled keep-alive `http.client` connection and
+parsed from raw bytes: through the SDK and its httpx2 layers it cost about 2.5 ms of CPU before
+the first token and three times as much per token (see ARCHITECTURE.md, "Performance").
+Callers see only Delta, Finish and UpstreamError. Timeouts are ours and nothing is retried once
+the upstream may have seen the request: a retried streaming call would pay for the tokens twice.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import platform
+import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
@@ -19,6 +27,9 @@ import openai
 from .base import ChatRequest, Delta, Finish, UpstreamError
 
 log = logging.getLogger("relay.upstream")
+
+_MAX_IDLE_CONNECTIONS = 256
+_MAX_ERROR_BODY = 64 * 1024
 
 
 class OpenAIUpstream:
@@ -39,28 +50,33 @@ class OpenAIUpstream:
             "max_retries": 0,
         }
         self._read_timeout = read_timeout
-        # The SDK's request headers call platform.platform(), which forks `uname -p` once per
-        # process; under gevent, concurrent first requests would each fork. Do it once, now.
+        self._connect_timeout = connect_timeout
+        # The SDK's headers call platform.platform(), which forks `uname -p` once per process;
+        # under gevent, concurrent first calls would each fork. Do it once, now.
         platform.platform()
         self._client: openai.OpenAI | None = None
+        self._endpoint: _Endpoint | None = None
         self._models: list[str] | None = None
 
     @property
     def client(self) -> openai.OpenAI:
         # Created on first use, i.e. after gunicorn forked and gevent patched the socket module.
         if self._client is None:
-            # The SDK's pool stops at 1,000 connections; every open stream holds one.
-            limits = httpx2.Limits(max_connections=None, max_keepalive_connections=200)
-            http_client = openai.DefaultHttpxClient(limits=limits, timeout=self._options["timeout"])
-            self._client = openai.OpenAI(**self._options, http_client=http_client)
+            self._client = openai.OpenAI(**self._options)
         return self._client
+
+    @property
+    def endpoint(self) -> _Endpoint:
+        if self._endpoint is None:
+            self._endpoint = _Endpoint(self.client, self._connect_timeout, self._read_timeout)
+        return self._endpoint
 
     def models(self) -> list[str]:
         if self._models is None:
             try:
                 self._models = [model.id for model in self.client.models.list()]
             except Exception as exc:
-                raise _translate(exc, self._read_timeout) from exc
+                raise _translate_sdk_error(exc) from exc
         return self._models
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
@@ -74,43 +90,146 @@ class OpenAIUpstream:
             params["temperature"] = request.temperature
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
-        # The raw response keeps the SDK's auth, URLs and error mapping but skips building a
-        # pydantic model per chunk, which cost more CPU than everything else relay does.
-        started = False
+        body = json.dumps(params, ensure_ascii=False).encode()
+        endpoint = self.endpoint
+        conn: http.client.HTTPConnection | None = None
+        response: http.client.HTTPResponse | None = None
+        reusable = False
         try:
-            with self.client.chat.completions.with_streaming_response.create(**params) as raw:
-                started = True
-                yield from _chunks(_sse_data(raw.iter_lines()))
-        except UpstreamError:
+            conn, response = endpoint.post(body)
+            if response.status >= 400:
+                raise _status_error(response.status, response.read(_MAX_ERROR_BODY))
+            yield from _chunks(_event_data(response))
+            reusable = response.isclosed() and not response.will_close
+        except TimeoutError as exc:
+            raise UpstreamError(
+                "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            when = "mid-answer" if response is not None else "before answering"
+            raise UpstreamError(
+                "upstream_disconnected", f"The upstream connection broke {when}: {exc!r}"
+            ) from exc
+        finally:
+            if conn is not None:
+                endpoint.release(conn, reusable)
+
+
+class _Endpoint:
+    """The chat completions URL and headers, and a pool of idle keep-alive connections to it."""
+
+    def __init__(self, client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> None:
+        url = urlsplit(str(client.base_url.join("chat/completions")))
+        self.https = url.scheme == "https"
+        self.host = url.hostname or "localhost"
+        self.port = url.port or (443 if self.https else 80)
+        self.path = url.path + (f"?{url.query}" if url.query else "")
+        headers = {**client.default_headers, **client.auth_headers}
+        self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
+        self.headers["Accept"] = "text/event-stream"
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._tls = ssl.create_default_context() if self.https else None
+        self._idle: list[http.client.HTTPConnection] = []
+
+    def post(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request; a pooled connection the server had closed is replaced once."""
+        while self._idle:
+            conn = self._idle.pop()
+            try:
+                return conn, self._send(conn, body)
+            except (ConnectionError, http.client.BadStatusLine):
+                conn.close()  # closed while idle, before the server read the request
+            except BaseException:
+                conn.close()
+                raise
+        conn = self._connect()
+        try:
+            return conn, self._send(conn, body)
+        except BaseException:
+            conn.close()
             raise
-        except Exception as exc:
-            raise _translate(exc, self._read_timeout, mid_stream=started) from exc
+
+    def release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        if reusable and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def _connect(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection
+        if self._tls is not None:
+            conn = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.connect_timeout, context=self._tls
+            )
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+        try:
+            conn.connect()
+        except OSError as exc:
+            conn.close()
+            raise UpstreamError(
+                "upstream_unreachable", f"Could not reach the upstream: {exc}"
+            ) from exc
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sock.settimeout(self.read_timeout)
+        return conn
+
+    def _send(self, conn: http.client.HTTPConnection, body: bytes) -> http.client.HTTPResponse:
+        conn.request("POST", self.path, body=body, headers=self.headers)
+        return conn.getresponse()
 
 
-def _sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The `data` of each server-sent event in `lines`, multi-line data joined with newlines."""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-    if data:
-        yield "\n".join(data)
+def _event_data(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The `data` of each server-sent event in the body, multi-line data joined with newlines."""
+    buffer = b""
+    while True:
+        received = response.read1(65536)
+        if not received:
+            break
+        buffer += received
+        if b"\r" in buffer:
+            # Normalise CRLF and CR line ends; a CR at the very end may be half of a CRLF.
+            keep = b"\r" if buffer.endswith(b"\r") else b""
+            buffer = buffer[: len(buffer) - len(keep)].replace(b"\r\n", b"\n")
+            buffer = buffer.replace(b"\r", b"\n") + keep
+        *blocks, buffer = buffer.split(b"\n\n")
+        for block in blocks:
+            data = _data_of(block)
+            if data is not None:
+                yield data
+    data = _data_of(buffer.rstrip(b"\r"))
+    if data is not None:
+        yield data
 
 
-def _chunks(events: Iterator[str]) -> Iterator[Delta | Finish]:
+def _data_of(block: bytes) -> bytes | None:
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]  # the usual one-line event
+    lines = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
+
+
+def _chunks(events: Iterator[bytes]) -> Iterator[Delta | Finish]:
     finish_reason: str | None = None
     usage: dict[str, Any] = {}
     done = False
     for data in events:
         # Read on to the end of the body after [DONE], so the connection goes back to the pool.
-        done = done or data.startswith("[DONE]")
+        done = done or data.startswith(b"[DONE]")
         if done:
             continue
-        chunk = json.loads(data)
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise UpstreamError(
+                "upstream_bad_response", f"The upstream sent malformed data: {exc}"
+            ) from exc
         if not isinstance(chunk, dict):
             raise UpstreamError("upstream_bad_response", "The upstream sent a chunk that is not "
                                 "a JSON object.")
@@ -120,11 +239,14 @@ def _chunks(events: Iterator[str]) -> Iterator[Delta | Finish]:
             raise UpstreamError("upstream_error", f"The upstream reported an error: {message}")
         if chunk.get("usage"):
             usage = chunk["usage"]
-        for choice in (chunk.get("choices") or [])[:1]:
-            content = (choice.get("delta") or {}).get("content")
-            if content:
+        choices = chunk.get("choices")
+        if choices and isinstance(choices, list):
+            choice = choices[0]
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if content and isinstance(content, str):
                 yield Delta(content)
-            if choice.get("finish_reason"):
+            if isinstance(choice, dict) and choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
     if finish_reason is None:
         raise UpstreamError(
@@ -133,18 +255,24 @@ def _chunks(events: Iterator[str]) -> Iterator[Delta | Finish]:
     yield Finish(finish_reason, usage)
 
 
-def _translate(exc: Exception, read_timeout: float, *, mid_stream: bool = False) -> UpstreamError:
-    if isinstance(exc, UpstreamError):
-        return exc
+def _status_error(status: int, raw: bytes) -> UpstreamError:
+    """An error answer's code and message, from an OpenAI-style `{"error": {"message"}}` body."""
+    try:
+        error = json.loads(raw).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+    except (ValueError, AttributeError):
+        message = None
+    detail = str(message) if message else raw[:200].decode("utf-8", "replace").strip()
+    if status == 429:
+        return UpstreamError(
+            "upstream_rate_limited", f"The upstream is rate limiting requests (429): {detail}"
+        )
+    return UpstreamError("upstream_error", f"The upstream answered HTTP {status}: {detail}")
+
+
+def _translate_sdk_error(exc: Exception) -> UpstreamError:
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return UpstreamError(
-            "upstream_timeout", f"The upstream sent nothing for {read_timeout:g} seconds."
-        )
-    if isinstance(exc, openai.APIConnectionError | httpx2.TransportError) and mid_stream:
-        cause = exc.__cause__ or exc
-        return UpstreamError(
-            "upstream_disconnected", f"The upstream connection broke mid-answer: {cause}"
-        )
+        return UpstreamError("upstream_timeout", "The upstream did not answer in time.")
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
         return UpstreamError("upstream_unreachable", f"Could not reach the upstream: {cause}")
@@ -158,7 +286,5 @@ def _translate(exc: Exception, read_timeout: float, *, mid_stream: bool = False)
         )
     if isinstance(exc, openai.APIError):
         return UpstreamError("upstream_error", f"The upstream reported an error: {exc.message}")
-    if isinstance(exc, ValueError | TypeError | AttributeError | KeyError):
-        return UpstreamError("upstream_bad_response", f"The upstream sent malformed data: {exc}")
-    log.warning("upstream stream broke: %r", exc)
-    return UpstreamError("upstream_disconnected", f"The upstream connection broke: {exc}")
+    log.warning("listing the upstream's models failed: %r", exc)
+    return UpstreamError("upstream_error", f"The upstream's model list failed: {exc}")

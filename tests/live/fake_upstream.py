@@ -9,6 +9,8 @@ Models (`name` or `name:arg`):
 - `malformed:<n>`: sends n chunks, then a `data:` line that is not JSON.
 - `error-event:<n>`: sends n chunks, then a `data: {"error": ...}` event.
 - `truncated:<n>`: sends n chunks, then ends the body cleanly with no finish_reason.
+- `ragged`: like `echo`, but each event has CRLF line ends, a comment, an `event:` field and its
+  JSON split over two `data:` lines, and reaches the socket in two writes cut inside a CRLF.
 Every request is recorded, with whether the client disconnected before the end.
 """
 
@@ -113,7 +115,10 @@ class _Handler(BaseHTTPRequestHandler):
         for piece in pieces[:limit]:
             if delay:
                 time.sleep(delay)
-            self._event({"choices": [{"index": 0, "delta": {"content": piece}}]})
+            if name == "ragged":
+                self._ragged_event({"choices": [{"index": 0, "delta": {"content": piece}}]})
+            else:
+                self._event({"choices": [{"index": 0, "delta": {"content": piece}}]})
             call.chunks_sent += 1
         if name == "drop":
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -141,6 +146,16 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
                    "model": "fake", **payload}
         self._chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
+
+    def _ragged_event(self, payload: dict[str, Any]) -> None:
+        text = json.dumps({"id": "chatcmpl-fake", "object": "chat.completion.chunk", **payload})
+        half = text.index(', "object"')  # between two members, so the joined lines stay JSON
+        raw = (f": keep-alive\r\nevent: message\r\ndata: {text[:half]}\r\n"
+               f"data:{text[half:]}\r\n\r\n").encode()
+        cut = len(raw) - 3  # between the last CR and LF
+        self._chunk(raw[:cut])
+        time.sleep(0.002)
+        self._chunk(raw[cut:])
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))

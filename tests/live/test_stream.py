@@ -46,6 +46,14 @@ def test_adversarial_text_arrives_byte_exact(client: httpx.Client, text: str) ->
     assert events[-1][2]["usage"]["completion_tokens"] == len(events) - 1
 
 
+def test_upstream_framing_variants_are_parsed(client: httpx.Client) -> None:
+    text = "CRLF line ends, comments, multi-line data and split writes"
+    ticket = new_ticket(client, text, model="ragged")
+    events = read_stream(client, ticket["stream_url"])
+    assert text_of(events) == text
+    assert events[-1][2]["status"] == "completed"
+
+
 def test_response_headers_and_raw_framing(client: httpx.Client) -> None:
     ticket = new_ticket(client, "ab\ncd")
     with client.stream("GET", ticket["stream_url"]) as response:
