@@ -41,12 +41,19 @@ class LiveLog:
     """The encoded frames of a ticket being generated here; frame n-1 is event id n.
 
     Only the first `visible` frames are committed, and readers send no others, so every event a
-    client has seen survives this worker's death.
+    client has seen survives this worker's death. `has_done` once the last frame is this
+    producer's committed `done`; a log that `finished` without it (someone else wrote `done`)
+    sends its readers to the database.
     """
 
     frames: list[bytes] = field(default_factory=list)
     visible: int = 0
     finished: bool = False
+    has_done: bool = False
+
+    @property
+    def serves_readers(self) -> bool:
+        return not self.finished or self.has_done
 
 
 class Stop(BaseException):
@@ -156,11 +163,13 @@ class Producer:
         self.log.frames.append(sse.encode(data, id=seq))
         self.pending.append((seq, "delta", data))
         self.text_parts.append(delta.text)
-        self.writer.mark_dirty(self.ticket_id, first_chunk=seq == 1)
         if seq == 1:
-            # Let the writer commit the first chunk and its readers send it now, rather than
-            # after however many chunks the upstream socket already holds.
+            # Time to first token waits for one commit, never for a batch, nor for however
+            # many chunks the upstream socket already holds: commit now, let readers send it.
+            self.writer.commit_now(self.ticket_id)
             gevent.sleep(0)
+        else:
+            self.writer.mark_dirty(self.ticket_id)
 
     def _finish(self, outcome: dict[str, Any]) -> None:
         done_seq = len(self.log.frames) + 1
@@ -192,6 +201,7 @@ class Producer:
             )
             self.log.frames.append(sse.encode(payload, event="done", id=done_seq))
             self.log.visible = len(self.log.frames)
+            self.log.has_done = True
         self.log.finished = True
         self.broker.notify(self.ticket_id)
 

@@ -41,11 +41,15 @@ _INSERT_EVENTS = insert(_events)
 _SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
 _CLAIM_TICKET = (
     update(_tickets)
-    .where(_tickets.c.id == bindparam("tid"), _tickets.c.status == "pending")
+    .where(
+        _tickets.c.id == bindparam("tid"), _tickets.c.owner == bindparam("for_owner"),
+        _tickets.c.status == "pending",
+    )
     .values(
         status="running", claimed_by=bindparam("worker"), started_at=bindparam("now"),
         lease_expires_at=bindparam("until"),
     )
+    .returning(_tickets.c.request)
 )
 _SELECT_CLAIMS = select(
     _tickets.c.id, _tickets.c.status, _tickets.c.claimed_by, _tickets.c.cancel_requested
@@ -249,14 +253,22 @@ def read_state(ticket_id: str) -> TicketState:
     return TicketState(row.status, row.lease_expires_at, row.last_seq)
 
 
-def claim_ticket(ticket_id: str, worker_id: str, lease_seconds: float) -> bool:
-    """Atomically move a pending ticket to running for `worker_id`; True for the one winner."""
+def claim_ticket(
+    ticket_id: str, owner: str, worker_id: str, lease_seconds: float
+) -> dict[str, Any] | None:
+    """Atomically move `owner`'s pending ticket to running for `worker_id`.
+
+    Returns the stored request to the one winner, None to everyone else (including for unknown,
+    not-yours, and already started tickets, which `load_ticket` then tells apart).
+    """
+    if not is_valid_id(ticket_id):
+        return None
     now = time.time()
     with db.engine.begin() as conn:
-        result = conn.execute(_CLAIM_TICKET, {
-            "tid": ticket_id, "worker": worker_id, "now": now, "until": now + lease_seconds,
-        })
-    return result.rowcount == 1
+        return conn.execute(_CLAIM_TICKET, {
+            "tid": ticket_id, "for_owner": owner, "worker": worker_id, "now": now,
+            "until": now + lease_seconds,
+        }).scalar()
 
 
 def check_claims(conn: Any, ticket_ids: Sequence[str], worker_id: str) -> dict[str, str]:

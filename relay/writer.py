@@ -2,12 +2,12 @@
 
 A SQLite commit blocks every greenlet of the worker, so commits are per worker, not per stream:
 each FLUSH_MS the writer takes the pending chunks of every producer and inserts them with one
-statement; without Redis it also looks up the cancel flags of this worker's tickets (one indexed
-query); every third of the lease it checks every claim (a claim lost to the reaper stops its
-producer) and renews them all with one UPDATE. Only after the commit are the chunks visible to
-readers. A stream's first chunk, and any chunk after FLUSH_MS without a commit, is committed at
-once, so time to first token waits for one commit, never for a batch. Finishing a ticket takes
-the same lock, so its `done` is never committed ahead of its last chunks.
+statement; without Redis it also looks up the cancel flags of this worker's tickets every
+POLL_MS (one indexed query); every third of the lease it checks every claim (a claim lost to the
+reaper stops its producer) and renews them all with one UPDATE. Only after the commit are the
+chunks visible to readers. A producer flushes its stream's first chunk itself, at once, and any
+chunk after FLUSH_MS without a commit is committed at once. Finishing a ticket takes the same
+lock, so its `done` is never committed ahead of its last chunks.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class BatchWriter:
         self.lock = gevent.lock.RLock()
         self._producers: dict[str, Producer] = {}
         self._dirty: set[str] = set()
-        self._first_chunk_waiting = False
         self._wake = gevent.event.Event()
         self._loop: gevent.Greenlet | None = None
         self._renew_at = 0.0
+        self._poll_at = 0.0
 
     def register(self, producer: Producer) -> None:
         self._producers[producer.ticket_id] = producer
@@ -60,12 +60,16 @@ class BatchWriter:
         self._producers.pop(ticket_id, None)
         self._dirty.discard(ticket_id)
 
-    def mark_dirty(self, ticket_id: str, *, first_chunk: bool = False) -> None:
-        """A producer has new chunks: committed within FLUSH_MS, a stream's first one at once."""
-        self._first_chunk_waiting = self._first_chunk_waiting or first_chunk
-        if ticket_id not in self._dirty or first_chunk:
+    def mark_dirty(self, ticket_id: str) -> None:
+        """A producer has new chunks: they are committed within FLUSH_MS."""
+        if ticket_id not in self._dirty:
             self._dirty.add(ticket_id)
             self._wake.set()
+
+    def commit_now(self, ticket_id: str) -> None:
+        """Commit a producer's pending chunks now (with every other producer's)."""
+        self._dirty.add(ticket_id)
+        self.flush()
 
     def _run(self) -> None:
         last_flush = 0.0
@@ -73,10 +77,8 @@ class BatchWriter:
             self._wake.wait(timeout=self.idle_seconds)
             self._wake.clear()
             deadline = last_flush + self.flush_seconds
-            while self._dirty and not self._first_chunk_waiting and time.monotonic() < deadline:
-                self._wake.wait(timeout=deadline - time.monotonic())  # a first chunk cuts in
-                self._wake.clear()
-            self._first_chunk_waiting = False
+            if self._dirty and time.monotonic() < deadline:
+                gevent.sleep(deadline - time.monotonic())
             if self._dirty:
                 last_flush = time.monotonic()
             try:
@@ -93,16 +95,19 @@ class BatchWriter:
             self._dirty.clear()
             now = time.monotonic()
             renew = now >= self._renew_at
-            if not (batch or renew or self.poll_cancels):
+            poll = self.poll_cancels and now >= self._poll_at
+            if not (batch or renew or poll):
                 return
             try:
-                verdicts = self._commit(batch, renew)
+                verdicts = self._commit(batch, renew, poll)
             except Exception:
                 for tid, rows in batch.items():
                     self._give_back(tid, rows)
                 raise
             if renew:
                 self._renew_at = now + self.lease_seconds / 3
+            if poll:
+                self._poll_at = now + self.idle_seconds
         for tid, verdict in verdicts.items():
             producer = self._producers.get(tid)
             if producer is not None:
@@ -118,13 +123,15 @@ class BatchWriter:
         if committed:
             broker.publish_many(committed)
 
-    def _commit(self, batch: dict[str, list[tickets.StoredEvent]], renew: bool) -> dict[str, str]:
+    def _commit(
+        self, batch: dict[str, list[tickets.StoredEvent]], renew: bool, poll: bool
+    ) -> dict[str, str]:
         me = worker_id()
         with tickets.db.engine.begin() as conn:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
             # and then a renewal is due: checking every claim at renewal time is enough.
             verdicts = tickets.check_claims(conn, list(self._producers), me) if renew else {}
-            if self.poll_cancels:
+            if poll:
                 for tid in tickets.cancelled_claims(conn, me):
                     verdicts.setdefault(tid, "cancelled")
             rows: list[dict[str, Any]] = []

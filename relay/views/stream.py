@@ -44,25 +44,30 @@ class _StreamSettings:
 @bp.get("/sse/<ticket_id>")
 def stream(ticket_id: str) -> Response:
     """Stream a ticket's events after the client's Last-Event-ID, starting generation once."""
-    ticket = tickets.load_ticket(ticket_id, current_owner())
+    owner = current_owner()
     raw_last = request.headers.get("Last-Event-ID")
     if raw_last is None or raw_last.strip() == "":
         raw_last = request.args.get("last_event_id")
     try:
         last_seen = sse.parse_last_event_id(raw_last) or 0
     except ValueError as exc:
+        tickets.load_ticket(ticket_id, owner)  # an unknown ticket is 404 first
         raise InvalidRequest(str(exc), code="invalid_last_event_id") from exc
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if ticket.status in FINISHED_STATUSES:
-        if last_seen == ticket.last_seq:
-            return Response(status=204)
-        # An id past `done` was never sent by relay; answer with `done`, not an endless stream.
-        last_seen = min(last_seen, ticket.last_seq - 1)
-    if ticket.status == "pending" and tickets.claim_ticket(
-        ticket.id, generation.worker_id(), app.config["LEASE_SECONDS"]
-    ):
-        generation.start_generation(app, ticket.id, ticket.request)
     config = app.config
+    # The first reader claims with one statement; everyone else reads the row.
+    claimed = tickets.claim_ticket(
+        ticket_id, owner, generation.worker_id(), config["LEASE_SECONDS"]
+    )
+    if claimed is not None:
+        generation.start_generation(app, ticket_id, claimed)
+    else:
+        ticket = tickets.load_ticket(ticket_id, owner)
+        if ticket.status in FINISHED_STATUSES:
+            if last_seen == ticket.last_seq:
+                return Response(status=204)
+            # An id past `done` was never sent by relay; answer `done`, not an endless stream.
+            last_seen = min(last_seen, ticket.last_seq - 1)
     settings = _StreamSettings(
         heartbeat=config["HEARTBEAT_SECONDS"],
         poll=config["POLL_MS"] / 1000.0,
@@ -70,7 +75,7 @@ def stream(ticket_id: str) -> Response:
         cancel_on_disconnect=config["CANCEL_ON_DISCONNECT"],
         disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
     )
-    body = _event_stream(app, app.extensions["relay"].broker, ticket.id, last_seen, settings)
+    body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
     return Response(
         body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS
     )
@@ -85,12 +90,16 @@ def _event_stream(
         with broker.watching(ticket_id):
             yield sse.encode(retry=settings.retry_ms)
             last_write = time.monotonic()
+            live: generation.LiveLog | None = None
             while True:
                 version = broker.version(ticket_id)
-                live = generation.live_log(ticket_id)
-                if live is not None and not live.finished:
-                    frames, done = live.frames[last_seen : live.visible], False
+                # Kept once seen: a finished log still holds its committed `done`.
+                live = generation.live_log(ticket_id) or live
+                if live is not None and live.serves_readers:
+                    frames = live.frames[last_seen : live.visible]
+                    done = live.has_done and last_seen + len(frames) == len(live.frames)
                 else:
+                    live = None
                     frames, done = _stored_frames(app, ticket_id, last_seen)
                 if frames:
                     yield b"".join(frames)
