@@ -1,13 +1,22 @@
 """The SQLAlchemy and Alembic extension singletons, and SQLite connection tuning.
 
 Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL
-with synchronous=NORMAL and a short busy timeout, and callers keep transactions tiny.
+with synchronous=NORMAL and a short busy timeout, and callers keep transactions tiny. In a gevent
+worker the WAL is checkpointed every second, mostly by a native thread from gevent's pool: a
+checkpoint copies megabytes into the database file, and SQLite's automatic one would do it inside
+whichever commit crossed the threshold, stalling every stream of the worker (the p99 of time to
+first token went from about 8 to 20 ms).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import sqlite3
 from typing import Any
 
+import gevent
+import gevent.monkey
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
@@ -22,11 +31,19 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 
+log = logging.getLogger("relay.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_SECONDS = 1.0
+# Only a fallback in gevent workers: the checkpoint thread keeps the WAL far shorter.
+FALLBACK_AUTOCHECKPOINT_PAGES = 50_000
+
+_checkpointers: dict[int, gevent.Greenlet] = {}
 
 
 def tune_sqlite(engine: Engine) -> None:
     """Make every new SQLite connection use WAL, synchronous=NORMAL and a busy timeout."""
+    path = engine.url.database
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -35,4 +52,37 @@ def tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if path and path != ":memory:" and gevent.monkey.is_module_patched("socket"):
+            cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_AUTOCHECKPOINT_PAGES}")
+            _start_checkpointer(path)
         cursor.close()
+
+
+def _start_checkpointer(path: str) -> None:
+    """One checkpointing greenlet per worker process (started after fork, on first connect)."""
+    pid = os.getpid()
+    if pid not in _checkpointers:
+        _checkpointers[pid] = gevent.spawn(_checkpoint_forever, path)
+
+
+def _checkpoint_forever(path: str) -> None:
+    threadpool = gevent.get_hub().threadpool
+    while True:
+        gevent.sleep(CHECKPOINT_SECONDS)
+        try:
+            threadpool.apply(_checkpoint, (path,))
+            # Then, here, the few pages committed meanwhile: SQLite starts the WAL file over
+            # only when a commit finds it fully copied, which the thread alone never leaves.
+            _checkpoint(path)
+        except Exception as exc:  # the next second tries again; the fallback still bounds the WAL
+            log.warning("WAL checkpoint failed: %s", exc)
+
+
+def _checkpoint(path: str) -> None:
+    """Copy committed WAL pages into the database file; runs in a native thread (sqlite3 releases
+    the GIL), and PASSIVE never waits for readers or writers."""
+    connection = sqlite3.connect(path, timeout=0)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        connection.close()
