@@ -16,6 +16,7 @@ from .broker import Broker
 from .config import default_instance_path, load_config
 from .db import db, migrate, tune_sqlite
 from .errors import register_error_handlers
+from .identity import IdentityCookie
 from .upstream import Upstream, build_upstream, default_model
 from .writer import BatchWriter
 
@@ -57,8 +58,8 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(days=365),
-        SESSION_REFRESH_EACH_REQUEST=False,
     )
+    app.session_interface = IdentityCookie()
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 20, "max_overflow": 40}
     else:
