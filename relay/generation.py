@@ -10,13 +10,13 @@ which closes the upstream call. Must not count readers.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
+import orjson
 from flask import Flask
 
 from . import metrics, sse, tickets
@@ -159,9 +159,9 @@ class Producer:
         seq = len(self.log.frames) + 1
         if seq == 1:
             metrics.TIME_TO_FIRST_CHUNK.observe(time.monotonic() - self.started)
-        data = json.dumps({"delta": delta.text}, ensure_ascii=False)
-        self.log.frames.append(sse.encode(data, id=seq))
-        self.pending.append((seq, "delta", data))
+        data = orjson.dumps({"delta": delta.text})
+        self.log.frames.append(sse.encode_json(data, id=seq))
+        self.pending.append((seq, "delta", data.decode()))
         self.text_parts.append(delta.text)
         if seq == 1:
             # Time to first token waits for one commit, never for a batch, nor for however

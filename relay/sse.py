@@ -45,6 +45,11 @@ def encode(
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
+def encode_json(data: bytes, *, id: int) -> bytes:
+    """`encode(data, id=id)` for JSON text, which has no raw line breaks: nothing to split."""
+    return b"id: %d\ndata: %s\n\n" % (id, data)
+
+
 def _single_line(field: str, value: str) -> str:
     if "\n" in value or "\r" in value or "\0" in value:
         raise ValueError(f"{field} may not contain line breaks or NUL")

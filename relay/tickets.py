@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import Integer, bindparam, delete, func, insert, select, update
 
 from .db import db
 from .errors import Conflict, ConversationNotFound, InvalidRequest, TicketNotFound
@@ -37,7 +37,6 @@ _TOUCH_CONVERSATION = (
 )
 _INSERT_MESSAGE = insert(_messages)
 _INSERT_TICKET = insert(_tickets)
-_INSERT_EVENTS = insert(_events)
 _SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
 _CLAIM_TICKET = (
     update(_tickets)
@@ -62,6 +61,36 @@ _RENEW_LEASES = (
     update(_tickets)
     .where(_tickets.c.claimed_by == bindparam("worker"), _tickets.c.status == "running")
     .values(lease_expires_at=bindparam("until"))
+)
+
+
+def _finish_statement(*condition: Any) -> Any:
+    return (
+        update(_tickets)
+        .where(_tickets.c.id == bindparam("tid"), *condition)
+        .values(
+            status=bindparam("b_status"), finished_at=bindparam("b_now"),
+            finish_reason=bindparam("b_finish_reason"),
+            usage=bindparam("b_usage", type_=_tickets.c.usage.type),
+            error_code=bindparam("b_error_code"), error_message=bindparam("b_error_message"),
+            lease_expires_at=None,
+            last_seq=func.coalesce(bindparam("b_last_seq", type_=Integer), _tickets.c.last_seq),
+        )
+        .returning(_tickets.c.conversation_id)
+    )
+
+
+# Who may write `done`: the producer holding the claim, the reaper of an expired lease, or a
+# cancel of a ticket nobody started.
+_FINISH_BY_PRODUCER = _finish_statement(
+    _tickets.c.status == "running", _tickets.c.claimed_by == bindparam("b_worker")
+)
+_FINISH_BY_REAPER = _finish_statement(
+    _tickets.c.status == "running", _tickets.c.lease_expires_at < bindparam("b_expired_before")
+)
+_FINISH_PENDING = _finish_statement(_tickets.c.status == "pending")
+_LAST_ANSWER_POSITION = select(func.coalesce(func.max(_messages.c.position), -1)).where(
+    _messages.c.conversation_id == bindparam("cid")
 )
 
 StoredEvent = tuple[int, str, str]
@@ -289,10 +318,20 @@ def cancelled_claims(conn: Any, worker_id: str) -> list[str]:
     return list(conn.execute(_SELECT_CANCELLED, {"worker": worker_id}).scalars())
 
 
-def insert_events(conn: Any, rows: list[dict[str, Any]]) -> None:
-    """Insert event rows (from `event_rows`) with one statement."""
+def insert_events(conn: Any, rows: list[tuple[str, int, str, str]]) -> None:
+    """Insert event rows (from `event_rows`) with one executemany of the driver.
+
+    The driver's own statement, because SQLAlchemy's per-row parameter processing cost more than
+    the insert itself for the hundreds of rows a batch can hold.
+    """
     if rows:
-        conn.execute(_INSERT_EVENTS, rows)
+        conn.exec_driver_sql(_insert_events_sql(conn.dialect.paramstyle), rows)
+
+
+def _insert_events_sql(paramstyle: str) -> str:
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
+    return (f"INSERT INTO {_events.name} (ticket_id, seq, kind, data) "
+            f"VALUES ({marker}, {marker}, {marker}, {marker})")
 
 
 def renew_leases(conn: Any, worker_id: str, until: float) -> None:
@@ -336,27 +375,19 @@ def finish_ticket(
     if status not in FINISHED_STATUSES:
         raise ValueError(f"not a final status: {status}")
     now = time.time()
+    params: dict[str, Any] = {
+        "tid": ticket_id, "b_status": status, "b_now": now, "b_finish_reason": finish_reason,
+        "b_usage": usage, "b_error_code": error["code"] if error else None,
+        "b_error_message": error["message"] if error else None, "b_last_seq": done_seq,
+    }
+    if worker_id is not None:
+        statement, params["b_worker"] = _FINISH_BY_PRODUCER, worker_id
+    elif expired_before is not None:
+        statement, params["b_expired_before"] = _FINISH_BY_REAPER, expired_before
+    else:
+        statement = _FINISH_PENDING
     with db.engine.begin() as conn:
-        condition = [_tickets.c.id == ticket_id]
-        if worker_id is not None:
-            condition += [_tickets.c.status == "running", _tickets.c.claimed_by == worker_id]
-        elif expired_before is not None:
-            condition += [
-                _tickets.c.status == "running", _tickets.c.lease_expires_at < expired_before
-            ]
-        else:
-            condition += [_tickets.c.status == "pending"]
-        values: dict[str, Any] = {
-            "status": status, "finished_at": now, "finish_reason": finish_reason,
-            "usage": usage, "error_code": error["code"] if error else None,
-            "error_message": error["message"] if error else None, "lease_expires_at": None,
-        }
-        if done_seq is not None:
-            values["last_seq"] = done_seq
-        claimed = conn.execute(
-            update(_tickets).where(*condition).values(**values)
-            .returning(_tickets.c.conversation_id)
-        ).first()
+        claimed = conn.execute(statement, params).first()
         if claimed is None:
             return None
         if done_seq is None:
@@ -377,22 +408,16 @@ def finish_ticket(
 def _append_answer(
     conn: Any, conversation_id: str, ticket_id: str, text: str, status: str, now: float
 ) -> None:
-    position = conn.execute(
-        select(func.coalesce(func.max(_messages.c.position), -1)).where(
-            _messages.c.conversation_id == conversation_id
-        )
-    ).scalar()
-    conn.execute(
-        insert(_messages).values(
-            conversation_id=conversation_id, position=position + 1, role="assistant",
-            content=text, ticket_id=ticket_id, status=status, created_at=now,
-        )
-    )
+    position = conn.execute(_LAST_ANSWER_POSITION, {"cid": conversation_id}).scalar()
+    conn.execute(_INSERT_MESSAGE, {
+        "conversation_id": conversation_id, "position": position + 1, "role": "assistant",
+        "content": text, "ticket_id": ticket_id, "status": status, "created_at": now,
+    })
 
 
-def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[dict[str, Any]]:
+def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[tuple[str, int, str, str]]:
     """Rows for `insert_events`."""
-    return [{"ticket_id": ticket_id, "seq": s, "kind": k, "data": d} for s, k, d in events]
+    return [(ticket_id, seq, kind, data) for seq, kind, data in events]
 
 
 def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
@@ -134,7 +134,7 @@ class BatchWriter:
             if poll:
                 for tid in tickets.cancelled_claims(conn, me):
                     verdicts.setdefault(tid, "cancelled")
-            rows: list[dict[str, Any]] = []
+            rows: list[tuple[str, int, str, str]] = []
             for tid, events in batch.items():
                 if tid not in verdicts:
                     rows.extend(tickets.event_rows(tid, events))

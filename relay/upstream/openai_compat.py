@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 import openai
+import orjson
 
 from .base import ChatRequest, Delta, Finish, UpstreamError
 
@@ -225,7 +226,7 @@ def _chunks(events: Iterator[bytes]) -> Iterator[Delta | Finish]:
         if done:
             continue
         try:
-            chunk = json.loads(data)
+            chunk = orjson.loads(data)
         except ValueError as exc:
             raise UpstreamError(
                 "upstream_bad_response", f"The upstream sent malformed data: {exc}"

@@ -65,7 +65,7 @@ def test_response_headers_and_raw_framing(client: httpx.Client) -> None:
     assert "content-encoding" not in response.headers
     assert raw.startswith(b"retry: ")
     assert b"\r" not in raw
-    assert b'id: 1\ndata: {"delta": "ab\\n"}\n\n' in raw
+    assert b'id: 1\ndata: {"delta":"ab\\n"}\n\n' in raw
     assert raw.endswith(b"\n\n") and b"event: done\nid: 3\ndata: {" in raw
 
 
