@@ -100,8 +100,11 @@ class OpenAIUpstream:
             conn, response = endpoint.post(body)
             if response.status >= 400:
                 raise _status_error(response.status, response.read(_MAX_ERROR_BODY))
-            yield from _chunks(_event_data(response))
-            reusable = response.isclosed() and not response.will_close
+            for item in _chunks(_event_data(response)):
+                if isinstance(item, Finish):
+                    # The body has been read to its end; the caller may stop iterating here.
+                    reusable = response.isclosed() and not response.will_close
+                yield item
         except TimeoutError as exc:
             raise UpstreamError(
                 "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
@@ -182,13 +185,70 @@ class _Endpoint:
         return conn.getresponse()
 
 
+def _body(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The body's bytes as they arrive, the response closed (so reusable) once fully read.
+
+    A chunked body is decoded here from all the bytes at hand: http.client's own decoder returns
+    one chunk per call, i.e. one event, through five Python calls, which cost more than the event.
+    """
+    if not response.chunked:
+        while received := response.read1(65536):
+            yield received
+        return
+    assert response.fp is not None
+    read = response.fp.read1
+    pending = b""
+    left = 0  # payload bytes still to come in the current chunk, then its CRLF (2 more)
+    while True:
+        received = read(65536)
+        if not received:
+            raise http.client.IncompleteRead(pending)
+        pending += received
+        payload: list[bytes] = []
+        while pending:
+            if left > 2:
+                piece = pending[: left - 2]
+                payload.append(piece)
+                pending = pending[len(piece) :]
+                left -= len(piece)
+            elif left:
+                skipped = min(left, len(pending))
+                pending = pending[skipped:]
+                left -= skipped
+            else:
+                line_end = pending.find(b"\n")
+                if line_end < 0:
+                    break
+                size = int(pending[:line_end].split(b";", 1)[0], 16)
+                pending = pending[line_end + 1 :]
+                if size == 0:
+                    if payload:
+                        yield b"".join(payload)
+                    _skip_trailers(response.fp, pending)
+                    response.close()
+                    return
+                left = size + 2
+        if payload:
+            yield b"".join(payload)
+
+
+def _skip_trailers(fp: Any, pending: bytes) -> None:
+    """Read the trailer section after the last chunk, up to its blank line."""
+    while True:
+        while b"\n" not in pending:
+            received = fp.read1(65536)
+            if not received:
+                raise http.client.IncompleteRead(pending)
+            pending += received
+        line, _, pending = pending.partition(b"\n")
+        if not line.strip():
+            return
+
+
 def _event_data(response: http.client.HTTPResponse) -> Iterator[bytes]:
     """The `data` of each server-sent event in the body, multi-line data joined with newlines."""
     buffer = b""
-    while True:
-        received = response.read1(65536)
-        if not received:
-            break
+    for received in _body(response):
         buffer += received
         if b"\r" in buffer:
             # Normalise CRLF and CR line ends; a CR at the very end may be half of a CRLF.

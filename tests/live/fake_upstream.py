@@ -32,6 +32,7 @@ MODELS = ["echo", "echo:30", "status:429", "status:500", "drop:3", "stall:2", "m
 class UpstreamCall:
     model: str
     messages: list[dict[str, Any]]
+    client_port: int = 0
     chunks_sent: int = 0
     disconnected: bool = False
     completed: bool = False
@@ -87,7 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         request = json.loads(self.rfile.read(length))
-        call = UpstreamCall(model=request["model"], messages=request["messages"])
+        call = UpstreamCall(
+            model=request["model"], messages=request["messages"],
+            client_port=self.client_address[1],
+        )
         self.owner.record(call)
         try:
             self._serve(call, request)

@@ -54,6 +54,18 @@ def test_upstream_framing_variants_are_parsed(client: httpx.Client) -> None:
     assert events[-1][2]["status"] == "completed"
 
 
+def test_upstream_connections_are_kept_alive(relay: RelayServer, upstream: FakeUpstream) -> None:
+    tag = marker()
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        for turn in range(3):
+            ticket = new_ticket(http, f"{tag} turn {turn}")
+            assert read_stream(http, ticket["stream_url"])[-1][2]["status"] == "completed"
+    ports = [call.client_port for call in upstream.calls_with(tag)]
+    assert len(ports) == 3
+    # Two workers each keep their own connection: three calls can use at most two.
+    assert len(set(ports)) < 3
+
+
 def test_response_headers_and_raw_framing(client: httpx.Client) -> None:
     ticket = new_ticket(client, "ab\ncd")
     with client.stream("GET", ticket["stream_url"]) as response:
