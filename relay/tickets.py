@@ -59,7 +59,10 @@ _SELECT_CANCELLED = select(_tickets.c.id).where(
 )
 _RENEW_LEASES = (
     update(_tickets)
-    .where(_tickets.c.claimed_by == bindparam("worker"), _tickets.c.status == "running")
+    .where(
+        _tickets.c.claimed_by == bindparam("worker"), _tickets.c.status == "running",
+        _tickets.c.cancel_requested.is_(False),
+    )
     .values(lease_expires_at=bindparam("until"))
 )
 
@@ -334,9 +337,10 @@ def _insert_events_sql(paramstyle: str) -> str:
             f"VALUES ({marker}, {marker}, {marker}, {marker})")
 
 
-def renew_leases(conn: Any, worker_id: str, until: float) -> None:
-    """Extend the lease of every ticket `worker_id` is generating."""
-    conn.execute(_RENEW_LEASES, {"worker": worker_id, "until": until})
+def renew_leases(conn: Any, worker_id: str, until: float) -> int:
+    """Extend the lease of every ticket `worker_id` is generating and nobody cancelled; returns
+    how many that is."""
+    return int(conn.execute(_RENEW_LEASES, {"worker": worker_id, "until": until}).rowcount)
 
 
 def done_payload(

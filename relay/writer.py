@@ -129,8 +129,13 @@ class BatchWriter:
         me = worker_id()
         with tickets.db.engine.begin() as conn:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
-            # and then a renewal is due: checking every claim at renewal time is enough.
-            verdicts = tickets.check_claims(conn, list(self._producers), me) if renew else {}
+            # and then a renewal is due: checking at renewal time is enough. The renewal counts
+            # the claims still held and not cancelled; only a shortfall needs a look at each.
+            verdicts: dict[str, str] = {}
+            if renew:
+                held = tickets.renew_leases(conn, me, time.time() + self.lease_seconds)
+                if held != len(self._producers):
+                    verdicts = tickets.check_claims(conn, list(self._producers), me)
             if poll:
                 for tid in tickets.cancelled_claims(conn, me):
                     verdicts.setdefault(tid, "cancelled")
@@ -139,8 +144,6 @@ class BatchWriter:
                 if tid not in verdicts:
                     rows.extend(tickets.event_rows(tid, events))
             tickets.insert_events(conn, rows)
-            if renew:
-                tickets.renew_leases(conn, me, time.time() + self.lease_seconds)
         return verdicts
 
     def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:

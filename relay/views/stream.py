@@ -76,8 +76,11 @@ def stream(ticket_id: str) -> Response:
         disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
     )
     body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
+    # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
+    # would be one more layer per frame.
     return Response(
-        body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS
+        body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS,
+        direct_passthrough=True,
     )
 
 
