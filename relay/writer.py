@@ -69,7 +69,11 @@ class BatchWriter:
     def commit_now(self, ticket_id: str) -> None:
         """Commit a producer's pending chunks now (with every other producer's)."""
         self._dirty.add(ticket_id)
-        self.flush()
+        try:
+            self.flush()
+        except Exception:  # the chunks stay pending; the writer's loop retries them
+            log.exception("committing a first chunk failed; retrying at the next flush")
+            self._wake.set()
 
     def _run(self) -> None:
         last_flush = 0.0

@@ -109,6 +109,10 @@ class OpenAIUpstream:
             raise UpstreamError(
                 "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
             ) from exc
+        except ValueError as exc:  # a chunk size that is not hex
+            raise UpstreamError(
+                "upstream_bad_response", f"The upstream sent a malformed body: {exc}"
+            ) from exc
         except (OSError, http.client.HTTPException) as exc:
             when = "mid-answer" if response is not None else "before answering"
             raise UpstreamError(
