@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 from dotenv import load_dotenv
 from flask import Flask
 
@@ -60,11 +61,16 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=timedelta(days=365),
     )
     app.session_interface = IdentityCookie()
+    # JSON columns (a ticket's request, usage) through orjson: the stdlib encoder was a tenth
+    # of POST /new.
+    json_options = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 20, "max_overflow": 40}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+            "pool_size": 20, "max_overflow": 40, **json_options,
+        }
     else:
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_size": 10, "max_overflow": 30, "pool_pre_ping": True,
+            "pool_size": 10, "max_overflow": 30, "pool_pre_ping": True, **json_options,
         }
     _configure_logging(config["LOG_LEVEL"])
 
@@ -84,6 +90,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     return app
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _database_url(url: str | None, instance_path: str) -> str:

@@ -37,8 +37,12 @@ class IdentityCookie(SecureCookieSessionInterface):
     def _signer(self, app: Flask) -> Signer:
         key = app.secret_key
         if key not in self._signers:
-            self._signers[key] = Signer(
+            salted = Signer(
                 key, salt="relay-identity", key_derivation="hmac", digest_method=hashlib.sha256
+            )
+            # The same signatures, with the salted key derived once rather than per cookie.
+            self._signers[key] = Signer(
+                salted.derive_key(), key_derivation="none", digest_method=hashlib.sha256
             )
         return self._signers[key]
 
