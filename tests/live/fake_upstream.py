@@ -50,8 +50,7 @@ class FakeUpstream:
         class Handler(_Handler):
             owner = upstream
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -69,6 +68,13 @@ class FakeUpstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A real server's listen backlog: socketserver's default of 5 resets a burst of new
+    # connections (every worker opening its first ones at once).
+    request_queue_size = 128
 
 
 class _Handler(BaseHTTPRequestHandler):
