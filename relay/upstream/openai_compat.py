@@ -30,6 +30,9 @@ from .base import ChatRequest, Delta, Finish, UpstreamError
 log = logging.getLogger("relay.upstream")
 
 _MAX_IDLE_CONNECTIONS = 256
+# Each read allocates this much before it waits for the socket, so an idle stream holds it:
+# 64 KiB reads made a thousand slow streams hold 64 MB. 4 KiB still carries dozens of events.
+_READ_SIZE = 4096
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -123,6 +126,23 @@ class OpenAIUpstream:
                 endpoint.release(conn, reusable)
 
 
+class _Response(http.client.HTTPResponse):
+    """http.client's response with a 1 KiB read buffer instead of 8 KiB: one per open stream."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # nothing read from it yet
+        self.fp = sock.makefile("rb", buffering=1024)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    response_class = _Response
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    response_class = _Response
+
+
 class _Endpoint:
     """The chat completions URL and headers, and a pool of idle keep-alive connections to it."""
 
@@ -167,11 +187,11 @@ class _Endpoint:
     def _connect(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection
         if self._tls is not None:
-            conn = http.client.HTTPSConnection(
+            conn = _HTTPSConnection(
                 self.host, self.port, timeout=self.connect_timeout, context=self._tls
             )
         else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+            conn = _HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
         try:
             conn.connect()
         except OSError as exc:
@@ -196,7 +216,7 @@ def _body(response: http.client.HTTPResponse) -> Iterator[bytes]:
     one chunk per call, i.e. one event, through five Python calls, which cost more than the event.
     """
     if not response.chunked:
-        while received := response.read1(65536):
+        while received := response.read1(_READ_SIZE):
             yield received
         return
     assert response.fp is not None
@@ -204,7 +224,7 @@ def _body(response: http.client.HTTPResponse) -> Iterator[bytes]:
     pending = b""
     left = 0  # payload bytes still to come in the current chunk, then its CRLF (2 more)
     while True:
-        received = read(65536)
+        received = read(_READ_SIZE)
         if not received:
             raise http.client.IncompleteRead(pending)
         pending += received
@@ -240,7 +260,7 @@ def _skip_trailers(fp: Any, pending: bytes) -> None:
     """Read the trailer section after the last chunk, up to its blank line."""
     while True:
         while b"\n" not in pending:
-            received = fp.read1(65536)
+            received = fp.read1(_READ_SIZE)
             if not received:
                 raise http.client.IncompleteRead(pending)
             pending += received
