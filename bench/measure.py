@@ -56,18 +56,32 @@ def probe_openai_endpoint(host: str, port: int, model: str) -> int:
         conn.close()
 
 
-def ttft(targets: list[Target], model: str, count: int, warmup: int) -> dict[str, Any]:
-    """One stream at a time, targets interleaved, so all see the same machine noise."""
+def ttft(
+    targets: list[Target], model: str, count: int, warmup: int, block: int = 1
+) -> dict[str, Any]:
+    """One stream at a time, the targets taking turns so all see the same machine noise.
+
+    `block` 1: a turn is one request, so each request follows another server's (which, sharing
+    the server CPU, has evicted its caches: "interleaved"). `block` n: a turn is one unmeasured
+    request, then n measured ones in a row ("warm").
+    """
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     errors: dict[str, int] = {t.name: 0 for t in targets}
+    seen: dict[str, int] = {t.name: -warmup for t in targets}  # below 0: warm-up left
     bodies = {t.name: body_for(t, "Say hello.", model) for t in targets}
-    for i in range(warmup + count):
+    while any(seen[t.name] < count for t in targets):
         for target in targets:
-            result = run_stream(target, bodies[target.name], deadline_s=30)
-            if not result.ok:
-                errors[target.name] += 1
-            elif i >= warmup:
-                samples[target.name].append(result.ttft)
+            if block > 1 and seen[target.name] < count:
+                run_stream(target, bodies[target.name], deadline_s=30)
+            for _ in range(block):
+                if seen[target.name] >= count:
+                    break
+                result = run_stream(target, bodies[target.name], deadline_s=30)
+                if not result.ok:
+                    errors[target.name] += 1
+                elif seen[target.name] >= 0:
+                    samples[target.name].append(result.ttft)
+                seen[target.name] += 1
     return {name: {**summary_ms(values), "errors": errors[name]}
             for name, values in samples.items()}
 

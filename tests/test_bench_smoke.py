@@ -35,7 +35,9 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     for name in ("relay", "direct", "ceiling"):
         assert ttft[name]["n"] > 0 and ttft[name]["errors"] == 0, (name, ttft[name])
         assert ttft[name]["median_ms"] > 0
-    assert "relay" in data["ttft"]["added"]
+    assert "relay" in data["ttft"]["added"] and "relay" in data["ttft"]["added_warm"]
+    for name in ("relay", "direct"):
+        assert data["ttft"]["warm"][name]["n"] > 0, data["ttft"]["warm"]
 
     for name in ("relay", "direct", "ceiling"):
         rows = data["throughput"]["results"][name]
