@@ -36,24 +36,53 @@ _STOP_OUTCOMES = {
 }
 
 
+# Committed frames a LiveLog keeps for readers that are behind (it holds up to twice this many);
+# a reader further behind, or resuming from further back, reads the database.
+KEEP_COMMITTED = 64
+
+
 @dataclass
 class LiveLog:
-    """The encoded frames of a ticket being generated here; frame n-1 is event id n.
+    """The newest encoded frames of a ticket being generated here: event ids dropped+1 ... count.
 
-    Only the first `visible` frames are committed, and readers send no others, so every event a
-    client has seen survives this worker's death. `has_done` once the last frame is this
-    producer's committed `done`; a log that `finished` without it (someone else wrote `done`)
-    sends its readers to the database.
+    Events up to `visible` are committed, and readers send no others, so every event a client has
+    seen survives this worker's death. Only the newest committed frames are kept, so a long
+    answer's memory stays bounded. `has_done` once the last frame is this producer's committed
+    `done`; a log that `finished` without it (someone else wrote `done`) sends its readers to the
+    database.
     """
 
     frames: list[bytes] = field(default_factory=list)
+    dropped: int = 0
     visible: int = 0
     finished: bool = False
     has_done: bool = False
 
     @property
+    def count(self) -> int:
+        """The id of the newest event (0 before the first)."""
+        return self.dropped + len(self.frames)
+
+    @property
     def serves_readers(self) -> bool:
         return not self.finished or self.has_done
+
+    def append(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def committed_after(self, last_seen: int) -> list[bytes] | None:
+        """The committed frames after event `last_seen`; None when some were dropped."""
+        if last_seen < self.dropped:
+            return None
+        return self.frames[last_seen - self.dropped : self.visible - self.dropped]
+
+    def commit(self, upto: int) -> None:
+        """Events up to id `upto` are committed; drop old committed frames, in batches."""
+        self.visible = max(self.visible, upto)
+        excess = self.visible - self.dropped - KEEP_COMMITTED
+        if excess >= KEEP_COMMITTED:
+            del self.frames[:excess]
+            self.dropped += excess
 
 
 class Stop(BaseException):
@@ -128,7 +157,7 @@ class Producer:
             _producers.pop(self.ticket_id, None)
             log.info(
                 "ticket %s %s after %.2fs, %d chunks", self.ticket_id, outcome["status"],
-                time.monotonic() - self.started, len(self.log.frames),
+                time.monotonic() - self.started, self.log.count,
             )
 
     def _stream(self) -> dict[str, Any]:
@@ -156,13 +185,15 @@ class Producer:
             chunks.close()
 
     def _append(self, delta: Delta) -> None:
-        seq = len(self.log.frames) + 1
+        seq = self.log.count + 1
         if seq == 1:
             metrics.TIME_TO_FIRST_CHUNK.observe(time.monotonic() - self.started)
         data = orjson.dumps({"delta": delta.text})
-        self.log.frames.append(sse.encode_json(data, id=seq))
+        self.log.append(sse.encode_json(data, id=seq))
         self.pending.append((seq, "delta", data.decode()))
         self.text_parts.append(delta.text)
+        if len(self.text_parts) >= 256:
+            self.text_parts = ["".join(self.text_parts)]  # one string, not hundreds
         if seq == 1:
             # Time to first token waits for one commit, never for a batch, nor for however
             # many chunks the upstream socket already holds: commit now, let readers send it.
@@ -172,7 +203,7 @@ class Producer:
             self.writer.mark_dirty(self.ticket_id)
 
     def _finish(self, outcome: dict[str, Any]) -> None:
-        done_seq = len(self.log.frames) + 1
+        done_seq = self.log.count + 1
         try:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_ticket(
@@ -199,8 +230,8 @@ class Producer:
                 outcome["status"], outcome.get("finish_reason"), outcome.get("usage"),
                 outcome.get("error"),
             )
-            self.log.frames.append(sse.encode(payload, event="done", id=done_seq))
-            self.log.visible = len(self.log.frames)
+            self.log.append(sse.encode(payload, event="done", id=done_seq))
+            self.log.commit(done_seq)
             self.log.has_done = True
         self.log.finished = True
         self.broker.notify(self.ticket_id)

@@ -122,7 +122,7 @@ class BatchWriter:
         for tid in committed:
             producer = self._producers.get(tid)
             if producer is not None:
-                producer.log.visible = max(producer.log.visible, batch[tid][-1][0])
+                producer.log.commit(batch[tid][-1][0])
             broker.wake_local(tid)
         if committed:
             broker.publish_many(committed)

@@ -98,10 +98,12 @@ def _event_stream(
                 version = broker.version(ticket_id)
                 # Kept once seen: a finished log still holds its committed `done`.
                 live = generation.live_log(ticket_id) or live
-                if live is not None and live.serves_readers:
-                    frames = live.frames[last_seen : live.visible]
-                    done = live.has_done and last_seen + len(frames) == len(live.frames)
+                kept = live.committed_after(last_seen) if live and live.serves_readers else None
+                if kept is not None and live is not None:
+                    frames = kept
+                    done = live.has_done and last_seen + len(frames) == live.count
                 else:
+                    # Not generated here, or this reader is behind what the LiveLog keeps.
                     live = None
                     frames, done = _stored_frames(app, ticket_id, last_seen)
                 if frames:

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -116,6 +117,31 @@ def test_resume_while_generating_then_query_parameter(client: httpx.Client) -> N
     assert text_of(first + rest) == text
     header_wins = read_stream(client, ticket["stream_url"] + "?last_event_id=1", last_event_id=10)
     assert int(header_wins[0][0]) == 11
+
+
+def test_long_answer_resumes_exactly_from_before_what_memory_keeps(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream
+) -> None:
+    # One worker, so the resume lands where the answer is generated: the LiveLog keeps only its
+    # newest frames, and a reader from further back must be served from the database.
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo:4",
+    }, workers=1)
+    text = "".join(f"{i:03d}" for i in range(400))  # 400 chunks of 3 characters
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        ticket = new_ticket(http, text)
+        first = read_stream(http, ticket["stream_url"], stop_after=2)
+        deadline = time.monotonic() + 20
+        while http.get(f"/tickets/{ticket['id']}").json()["last_event_id"] < 250:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert http.get(f"/tickets/{ticket['id']}").json()["status"] == "running"
+        rest = read_stream(http, ticket["stream_url"], last_event_id=2)
+        whole = read_stream(http, ticket["stream_url"])
+    assert [int(i) for i, _, _ in first + rest] == list(range(1, 402))
+    assert text_of(first + rest) == text and text_of(whole) == text
+    assert rest[-1][1] == "done" and rest[-1][2]["status"] == "completed"
 
 
 def test_finished_ticket_replays_and_204_after_done(client: httpx.Client) -> None:
