@@ -161,7 +161,8 @@ class _Endpoint:
         self._idle: list[http.client.HTTPConnection] = []
 
     def post(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send the request; a pooled connection the server had closed is replaced once."""
+        """Send the request on an idle pooled connection (those the server closed meanwhile are
+        dropped), else on a new one."""
         while self._idle:
             conn = self._idle.pop()
             try:
