@@ -63,18 +63,17 @@ class LiveLog:
         """The id of the newest event (0 before the first)."""
         return self.dropped + len(self.frames)
 
-    @property
-    def serves_readers(self) -> bool:
-        return not self.finished or self.has_done
-
     def append(self, frame: bytes) -> None:
         self.frames.append(frame)
 
-    def committed_after(self, last_seen: int) -> list[bytes] | None:
-        """The committed frames after event `last_seen`; None when some were dropped."""
-        if last_seen < self.dropped:
+    def read_after(self, last_seen: int) -> tuple[list[bytes], bool] | None:
+        """The committed frames after event `last_seen` and whether they end with `done`; None
+        when the reader must use the database (frames it needs were dropped, or `done` was
+        written by someone else)."""
+        if (self.finished and not self.has_done) or last_seen < self.dropped:
             return None
-        return self.frames[last_seen - self.dropped : self.visible - self.dropped]
+        frames = self.frames[last_seen - self.dropped : self.visible - self.dropped]
+        return frames, self.has_done and last_seen + len(frames) == self.count
 
     def commit(self, upto: int) -> None:
         """Events up to id `upto` are committed; drop old committed frames, in batches."""

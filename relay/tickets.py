@@ -8,6 +8,7 @@ conversation views' rename and delete use the ORM session.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -331,6 +332,7 @@ def insert_events(conn: Any, rows: list[tuple[str, int, str, str]]) -> None:
         conn.exec_driver_sql(_insert_events_sql(conn.dialect.paramstyle), rows)
 
 
+@functools.cache
 def _insert_events_sql(paramstyle: str) -> str:
     marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
     return (f"INSERT INTO {_events.name} (ticket_id, seq, kind, data) "

@@ -148,16 +148,16 @@ class _Endpoint:
 
     def __init__(self, client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> None:
         url = urlsplit(str(client.base_url.join("chat/completions")))
-        self.https = url.scheme == "https"
+        https = url.scheme == "https"
         self.host = url.hostname or "localhost"
-        self.port = url.port or (443 if self.https else 80)
+        self.port = url.port or (443 if https else 80)
         self.path = url.path + (f"?{url.query}" if url.query else "")
         headers = {**client.default_headers, **client.auth_headers}
         self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
         self.headers["Accept"] = "text/event-stream"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._tls = ssl.create_default_context() if self.https else None
+        self._tls = ssl.create_default_context() if https else None
         self._idle: list[http.client.HTTPConnection] = []
 
     def post(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:

@@ -98,14 +98,12 @@ def _event_stream(
                 version = broker.version(ticket_id)
                 # Kept once seen: a finished log still holds its committed `done`.
                 live = generation.live_log(ticket_id) or live
-                kept = live.committed_after(last_seen) if live and live.serves_readers else None
-                if kept is not None and live is not None:
-                    frames = kept
-                    done = live.has_done and last_seen + len(frames) == live.count
-                else:
+                from_memory = live.read_after(last_seen) if live is not None else None
+                if from_memory is None:
                     # Not generated here, or this reader is behind what the LiveLog keeps.
                     live = None
-                    frames, done = _stored_frames(app, ticket_id, last_seen)
+                    from_memory = _stored_frames(app, ticket_id, last_seen)
+                frames, done = from_memory
                 if frames:
                     yield b"".join(frames)
                     last_seen += len(frames)
