@@ -12,9 +12,27 @@ from __future__ import annotations
 import multiprocessing
 import os
 
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class FairGeventWorker(GeventWorker):
+    """gunicorn's gevent worker, but a keep-alive connection reads its next request only after
+    a turn of the event loop.
+
+    gevent switches greenlets only when one must wait: a client that sends its next request
+    before the worker is done with the last one is served again and again, while requests on
+    other connections wait unread (POST /new from 16 keep-alive clients: median 0.4 ms, p90
+    20 ms, p99 60-100 ms, with the same throughput as fair scheduling).
+    """
+
+    def handle_request(self, listener_name, req, sock, addr):  # type: ignore[no-untyped-def]
+        super().handle_request(listener_name, req, sock, addr)
+        gevent.sleep(1e-6)  # > 0: resumed after the loop has polled every other socket
+
 _port = os.environ.get("PORT")
 bind = os.environ.get("RELAY_BIND") or (f"0.0.0.0:{_port}" if _port else "127.0.0.1:8000")
-worker_class = "gevent"
+worker_class = FairGeventWorker
 workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
 worker_connections = 10000
 timeout = 30
