@@ -2,21 +2,18 @@
 
 The SDK client holds the configuration (base URL, API key, organization and project, its
 headers) and lists the models. The streaming call is that same request, built once per process
-from the SDK client's URL and headers, sent on a pooled keep-alive `http.client` connection and
-parsed from raw bytes: through the SDK and its httpx2 layers it cost about 2.5 ms of CPU before
-the first token and three times as much per token (see ARCHITECTURE.md, "Performance").
+from the SDK client's URL and headers, sent on a pooled keep-alive connection (`connection.py`)
+and parsed from raw bytes: through the SDK and its httpx2 layers it cost about 2.5 ms of CPU
+before the first token and three times as much per token (see ARCHITECTURE.md, "Performance").
 Callers see only Delta, Finish and UpstreamError. Timeouts are ours and nothing is retried once
 the upstream may have seen the request: a retried streaming call would pay for the tokens twice.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import platform
-import socket
-import ssl
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,13 +23,10 @@ import openai
 import orjson
 
 from .base import ChatRequest, Delta, Finish, UpstreamError
+from .connection import Endpoint, ProtocolError, Response, UnreachableError
 
 log = logging.getLogger("relay.upstream")
 
-_MAX_IDLE_CONNECTIONS = 256
-# Each read allocates this much before it waits for the socket, so an idle stream holds it:
-# 64 KiB reads made a thousand slow streams hold 64 MB. 4 KiB still carries dozens of events.
-_READ_SIZE = 4096
 _MAX_ERROR_BODY = 64 * 1024
 
 
@@ -59,7 +53,7 @@ class OpenAIUpstream:
         # under gevent, concurrent first calls would each fork. Do it once, now.
         platform.platform()
         self._client: openai.OpenAI | None = None
-        self._endpoint: _Endpoint | None = None
+        self._endpoint: Endpoint | None = None
         self._models: list[str] | None = None
 
     @property
@@ -70,9 +64,9 @@ class OpenAIUpstream:
         return self._client
 
     @property
-    def endpoint(self) -> _Endpoint:
+    def endpoint(self) -> Endpoint:
         if self._endpoint is None:
-            self._endpoint = _Endpoint(self.client, self._connect_timeout, self._read_timeout)
+            self._endpoint = _endpoint(self.client, self._connect_timeout, self._read_timeout)
         return self._endpoint
 
     def models(self) -> list[str]:
@@ -94,186 +88,63 @@ class OpenAIUpstream:
             params["temperature"] = request.temperature
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
-        body = json.dumps(params, ensure_ascii=False).encode()
         endpoint = self.endpoint
-        conn: http.client.HTTPConnection | None = None
-        response: http.client.HTTPResponse | None = None
-        reusable = False
+        response: Response | None = None
         try:
-            conn, response = endpoint.post(body)
+            response = endpoint.post(orjson.dumps(params))
             if response.status >= 400:
-                raise _status_error(response.status, response.read(_MAX_ERROR_BODY))
-            for item in _chunks(_event_data(response)):
-                if isinstance(item, Finish):
-                    # The body has been read to its end; the caller may stop iterating here.
-                    reusable = response.isclosed() and not response.will_close
-                yield item
+                raise _status_error(response.status, _error_body(response))
+            # The body is read to its end, past [DONE], so the connection can be reused; the
+            # caller may stop iterating at Finish.
+            yield from _chunks(_event_data(response.body()))
         except TimeoutError as exc:
             raise UpstreamError(
                 "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
             ) from exc
-        except ValueError as exc:  # a chunk size that is not hex
+        except UnreachableError as exc:
+            raise UpstreamError("upstream_unreachable", str(exc)) from exc
+        except ProtocolError as exc:
             raise UpstreamError(
-                "upstream_bad_response", f"The upstream sent a malformed body: {exc}"
+                "upstream_bad_response", f"The upstream sent a malformed response: {exc}"
             ) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             when = "mid-answer" if response is not None else "before answering"
             raise UpstreamError(
                 "upstream_disconnected", f"The upstream connection broke {when}: {exc!r}"
             ) from exc
         finally:
-            if conn is not None:
-                endpoint.release(conn, reusable)
+            if response is not None:
+                endpoint.release(response)
 
 
-class _Response(http.client.HTTPResponse):
-    """http.client's response with a 1 KiB read buffer instead of 8 KiB: one per open stream."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # nothing read from it yet
-        self.fp = sock.makefile("rb", buffering=1024)
-
-
-class _HTTPConnection(http.client.HTTPConnection):
-    response_class = _Response
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    response_class = _Response
+def _endpoint(client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> Endpoint:
+    """The chat completions URL and headers the SDK client would use."""
+    url = urlsplit(str(client.base_url.join("chat/completions")))
+    headers = {**client.default_headers, **client.auth_headers}
+    fixed = {k: v for k, v in headers.items() if isinstance(v, str)}
+    fixed["Accept"] = "text/event-stream"
+    https = url.scheme == "https"
+    return Endpoint(
+        url.hostname or "localhost", url.port or (443 if https else 80),
+        url.path + (f"?{url.query}" if url.query else ""), fixed, https=https,
+        connect_timeout=connect_timeout, read_timeout=read_timeout,
+    )
 
 
-class _Endpoint:
-    """The chat completions URL and headers, and a pool of idle keep-alive connections to it."""
-
-    def __init__(self, client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> None:
-        url = urlsplit(str(client.base_url.join("chat/completions")))
-        https = url.scheme == "https"
-        self.host = url.hostname or "localhost"
-        self.port = url.port or (443 if https else 80)
-        self.path = url.path + (f"?{url.query}" if url.query else "")
-        headers = {**client.default_headers, **client.auth_headers}
-        self.headers = {k: v for k, v in headers.items() if isinstance(v, str)}
-        self.headers["Accept"] = "text/event-stream"
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self._tls = ssl.create_default_context() if https else None
-        self._idle: list[http.client.HTTPConnection] = []
-
-    def post(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send the request on an idle pooled connection (those the server closed meanwhile are
-        dropped), else on a new one."""
-        while self._idle:
-            conn = self._idle.pop()
-            try:
-                return conn, self._send(conn, body)
-            except (ConnectionError, http.client.BadStatusLine):
-                conn.close()  # closed while idle, before the server read the request
-            except BaseException:
-                conn.close()
-                raise
-        conn = self._connect()
-        try:
-            return conn, self._send(conn, body)
-        except BaseException:
-            conn.close()
-            raise
-
-    def release(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
-        if reusable and len(self._idle) < _MAX_IDLE_CONNECTIONS:
-            self._idle.append(conn)
-        else:
-            conn.close()
-
-    def _connect(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
-        if self._tls is not None:
-            conn = _HTTPSConnection(
-                self.host, self.port, timeout=self.connect_timeout, context=self._tls
-            )
-        else:
-            conn = _HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
-        try:
-            conn.connect()
-        except OSError as exc:
-            conn.close()
-            raise UpstreamError(
-                "upstream_unreachable", f"Could not reach the upstream: {exc}"
-            ) from exc
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock.settimeout(self.read_timeout)
-        return conn
-
-    def _send(self, conn: http.client.HTTPConnection, body: bytes) -> http.client.HTTPResponse:
-        conn.request("POST", self.path, body=body, headers=self.headers)
-        return conn.getresponse()
+def _error_body(response: Response) -> bytes:
+    """The start of an error answer's body (the connection is not reused after a long one)."""
+    received = b""
+    for data in response.body():
+        received += data
+        if len(received) >= _MAX_ERROR_BODY:
+            break
+    return received[:_MAX_ERROR_BODY]
 
 
-def _body(response: http.client.HTTPResponse) -> Iterator[bytes]:
-    """The body's bytes as they arrive, the response closed (so reusable) once fully read.
-
-    A chunked body is decoded here from all the bytes at hand: http.client's own decoder returns
-    one chunk per call, i.e. one event, through five Python calls, which cost more than the event.
-    """
-    if not response.chunked:
-        while received := response.read1(_READ_SIZE):
-            yield received
-        return
-    assert response.fp is not None
-    read = response.fp.read1
-    pending = b""
-    left = 0  # payload bytes still to come in the current chunk, then its CRLF (2 more)
-    while True:
-        received = read(_READ_SIZE)
-        if not received:
-            raise http.client.IncompleteRead(pending)
-        pending += received
-        payload: list[bytes] = []
-        while pending:
-            if left > 2:
-                piece = pending[: left - 2]
-                payload.append(piece)
-                pending = pending[len(piece) :]
-                left -= len(piece)
-            elif left:
-                skipped = min(left, len(pending))
-                pending = pending[skipped:]
-                left -= skipped
-            else:
-                line_end = pending.find(b"\n")
-                if line_end < 0:
-                    break
-                size = int(pending[:line_end].split(b";", 1)[0], 16)
-                pending = pending[line_end + 1 :]
-                if size == 0:
-                    if payload:
-                        yield b"".join(payload)
-                    _skip_trailers(response.fp, pending)
-                    response.close()
-                    return
-                left = size + 2
-        if payload:
-            yield b"".join(payload)
-
-
-def _skip_trailers(fp: Any, pending: bytes) -> None:
-    """Read the trailer section after the last chunk, up to its blank line."""
-    while True:
-        while b"\n" not in pending:
-            received = fp.read1(_READ_SIZE)
-            if not received:
-                raise http.client.IncompleteRead(pending)
-            pending += received
-        line, _, pending = pending.partition(b"\n")
-        if not line.strip():
-            return
-
-
-def _event_data(response: http.client.HTTPResponse) -> Iterator[bytes]:
+def _event_data(body: Iterator[bytes]) -> Iterator[bytes]:
     """The `data` of each server-sent event in the body, multi-line data joined with newlines."""
     buffer = b""
-    for received in _body(response):
+    for received in body:
         buffer += received
         if b"\r" in buffer:
             # Normalise CRLF and CR line ends; a CR at the very end may be half of a CRLF.

@@ -1,0 +1,292 @@
+"""HTTP/1.1 to one upstream endpoint: pooled keep-alive connections, each response's framing.
+
+A streamed body is read straight from the socket: gevent's `recv` allocates its buffer only once
+data is there, so an idle stream holds no read buffer (http.client's buffered reader held 4 KiB
+per open stream while it waited), and upstream silence is watched by one greenlet per endpoint
+rather than by a timer started and stopped around every read. Must not know SSE, JSON or OpenAI.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+
+import gevent
+
+# gevent's recv allocates this much only once data is there; it still carries dozens of events.
+READ_SIZE = 4096
+_MAX_HEAD = 64 * 1024
+_MAX_IDLE_CONNECTIONS = 256
+
+
+class ProtocolError(ValueError):
+    """The upstream's response is not valid HTTP/1.1 framing."""
+
+
+class UnreachableError(OSError):
+    """No connection to the upstream could be made."""
+
+
+class Connection:
+    """One keep-alive connection; `last_read` is when it last received anything."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.last_read = time.monotonic()
+        self.silent = False  # closed by the watchdog
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            if self.silent:
+                raise TimeoutError("the upstream read nothing for too long") from exc
+            raise
+
+    def recv(self) -> bytes:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except OSError as exc:
+            if self.silent:
+                raise TimeoutError("the upstream sent nothing for too long") from exc
+            raise
+        self.last_read = time.monotonic()
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Response:
+    """A response's status and framing; `body()` yields its bytes as they arrive."""
+
+    def __init__(self, conn: Connection, head: bytes, rest: bytes) -> None:
+        self.conn = conn
+        lines = head.split(b"\r\n")
+        version, _, status = lines[0].partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not status[:3].isdigit():
+            raise ProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
+        self.status = int(status[:3])
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise ProtocolError(f"not a header line: {line[:80]!r}")
+            headers[name.strip().lower()] = value.strip().lower()
+        self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
+            raise ProtocolError(f"bad Content-Length: {length[:40]!r}")
+        self.length = None if self.chunked or length is None else int(length)
+        connection = headers.get(b"connection", b"")
+        self.keep_alive = (b"close" not in connection and (
+            version == b"HTTP/1.1" or b"keep-alive" in connection
+        ) and (self.chunked or self.length is not None))
+        self.complete = False  # the whole body has been read
+        self._rest = rest
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive
+
+    def body(self) -> Iterator[bytes]:
+        """The body's bytes as they arrive; a chunked body is decoded from all bytes at hand
+        (one recv often holds dozens of chunks, one event each)."""
+        if self.chunked:
+            yield from self._chunked()
+        elif self.length is not None:
+            left, received = self.length, self._rest
+            while True:
+                if received:
+                    yield received[:left]
+                    left -= len(received)
+                if left <= 0:
+                    break
+                received = self.conn.recv()
+                if not received:
+                    raise ConnectionError("the upstream closed the connection mid-body")
+        else:
+            received = self._rest
+            while True:
+                if received:
+                    yield received
+                received = self.conn.recv()
+                if not received:
+                    break
+        self.complete = True
+
+    def _chunked(self) -> Iterator[bytes]:
+        pending = self._rest
+        left = 0  # payload bytes still to come in the current chunk, then its CRLF (2 more)
+        while True:
+            payload: list[bytes] = []
+            while pending:
+                if left > 2:
+                    piece = pending[: left - 2]
+                    payload.append(piece)
+                    pending = pending[len(piece) :]
+                    left -= len(piece)
+                elif left:
+                    skipped = min(left, len(pending))
+                    pending = pending[skipped:]
+                    left -= skipped
+                else:
+                    line_end = pending.find(b"\n")
+                    if line_end < 0:
+                        break
+                    size = _chunk_size(pending[:line_end])
+                    pending = pending[line_end + 1 :]
+                    if size == 0:
+                        if payload:
+                            yield b"".join(payload)
+                        self._skip_trailers(pending)
+                        return
+                    left = size + 2
+            if payload:
+                yield b"".join(payload)
+            received = self.conn.recv()
+            if not received:
+                raise ConnectionError("the upstream closed the connection mid-body")
+            pending += received
+
+    def _skip_trailers(self, pending: bytes) -> None:
+        """Read the trailer section after the last chunk, up to its blank line."""
+        while True:
+            while b"\n" not in pending:
+                received = self.conn.recv()
+                if not received:
+                    raise ConnectionError("the upstream closed the connection in the trailers")
+                pending += received
+            line, _, pending = pending.partition(b"\n")
+            if not line.strip():
+                return
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip()
+    try:
+        return int(size, 16)
+    except ValueError:
+        raise ProtocolError(f"bad chunk size: {size[:40]!r}") from None
+
+
+class Endpoint:
+    """POSTs to one URL with fixed headers, on pooled keep-alive connections, silence watched."""
+
+    def __init__(
+        self, host: str, port: int, path: str, headers: dict[str, str], *, https: bool,
+        connect_timeout: float, read_timeout: float,
+    ) -> None:
+        self.host, self.port = host, port
+        authority = f"[{host}]" if ":" in host else host
+        if port != (443 if https else 80):
+            authority += f":{port}"
+        fixed = {"Host": authority, **headers}
+        self._head = (f"POST {path} HTTP/1.1\r\n" + "".join(
+            f"{name}: {value}\r\n" for name, value in fixed.items()
+        )).encode("latin-1")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._tls = ssl.create_default_context() if https else None
+        self._idle: list[Connection] = []
+        self._active: set[Connection] = set()
+        self._watchdog: gevent.Greenlet | None = None
+
+    def post(self, body: bytes) -> Response:
+        """Send the request on an idle pooled connection (one the server closed meanwhile is
+        dropped), else on a new one; return the response once its head has arrived."""
+        request = self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        while self._idle:
+            conn = self._idle.pop()
+            try:
+                return self._exchange(conn, request)
+            except (ConnectionError, _ClosedBeforeAnswer):
+                conn.close()  # closed while idle, before the server read the request
+            except BaseException:
+                conn.close()
+                raise
+        conn = self._connect()
+        try:
+            return self._exchange(conn, request)
+        except _ClosedBeforeAnswer:
+            conn.close()
+            raise ConnectionError("the upstream closed the connection without answering") from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def release(self, response: Response) -> None:
+        """The exchange is over: keep its connection for the next request if it can be reused."""
+        conn = response.conn
+        self._active.discard(conn)
+        if response.reusable and not conn.silent and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close_idle(self) -> None:
+        """Close the pooled idle connections."""
+        while self._idle:
+            self._idle.pop().close()
+
+    def _connect(self) -> Connection:
+        try:
+            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:
+            raise UnreachableError(f"Could not reach the upstream: {exc}") from exc
+        sock.settimeout(None)  # silence is the watchdog's to judge
+        return Connection(sock)
+
+    def _exchange(self, conn: Connection, request: bytes) -> Response:
+        conn.last_read = time.monotonic()
+        self._watch(conn)
+        try:
+            conn.send(request)
+            received = b""
+            answered = False
+            while True:
+                head_end = received.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    head, received = received[:head_end], received[head_end + 4 :]
+                    if not head.startswith((b"HTTP/1.1 1", b"HTTP/1.0 1")):
+                        return Response(conn, head, received)
+                    continue  # an interim 1xx response: the final one follows
+                if len(received) > _MAX_HEAD:
+                    raise ProtocolError("the upstream's response head is too large")
+                data = conn.recv()
+                if not data:
+                    if not answered:
+                        raise _ClosedBeforeAnswer
+                    raise ConnectionError("the upstream closed the connection mid-head")
+                received += data
+                answered = True
+        except BaseException:
+            self._active.discard(conn)
+            raise
+
+    def _watch(self, conn: Connection) -> None:
+        self._active.add(conn)
+        if self._watchdog is None or self._watchdog.dead:
+            self._watchdog = gevent.spawn(self._close_silent)
+
+    def _close_silent(self) -> None:
+        """Close every connection that has received nothing for `read_timeout`; its reader's
+        recv then fails and reports the silence."""
+        tick = min(1.0, self.read_timeout / 4)
+        while self._active:
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for conn in [c for c in self._active if now - c.last_read > self.read_timeout]:
+                conn.silent = True
+                self._active.discard(conn)
+                conn.close()
+        self._watchdog = None
+
+
+class _ClosedBeforeAnswer(Exception):
+    """The connection ended before any byte of an answer."""

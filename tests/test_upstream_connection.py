@@ -1,0 +1,201 @@
+"""HTTP/1.1 framing of upstream responses and pooled connections, over real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from relay.upstream.connection import Connection, Endpoint, ProtocolError, Response
+
+pytestmark = pytest.mark.timeout(30)
+
+
+_opened: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def _response(raw: bytes) -> Response:
+    """The Response read from a socket whose peer sent `raw`, then closed its end."""
+    ours, theirs = socket.socketpair()
+    _opened.append(ours)
+    theirs.sendall(raw)
+    theirs.close()
+    conn = Connection(ours)
+    head, _, rest = _read_head(conn)
+    return Response(conn, head, rest)
+
+
+def _read_head(conn: Connection) -> tuple[bytes, bytes, bytes]:
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += conn.recv()
+    return received.partition(b"\r\n\r\n")
+
+
+def _body(response: Response) -> bytes:
+    return b"".join(response.body())
+
+
+def test_content_length_body_is_read_exactly_and_reusable() -> None:
+    response = _response(b"HTTP/1.1 429 Too Many\r\nContent-Length: 5\r\n\r\nhello")
+    assert response.status == 429
+    assert _body(response) == b"hello"
+    assert response.reusable
+
+
+def test_body_until_close_is_read_to_the_end_and_not_reused() -> None:
+    response = _response(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ndata: a\n\ndata: b\n\n")
+    assert _body(response) == b"data: a\n\ndata: b\n\n"
+    assert response.complete and not response.reusable
+
+
+def test_chunked_body_with_extensions_and_trailers() -> None:
+    raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5;name=value\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nX-Trailer: t\r\n\r\n")
+    response = _response(raw)
+    assert _body(response) == b"hello world"
+    assert response.reusable
+
+
+def test_http_1_0_without_keep_alive_is_not_reused() -> None:
+    response = _response(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert _body(response) == b"ok"
+    assert not response.reusable
+
+
+@pytest.mark.parametrize("raw", [
+    b"SPDY/3 200 OK\r\n\r\n",
+    b"HTTP/1.1 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: many\r\n\r\n",
+])
+def test_malformed_heads_are_protocol_errors(raw: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        _response(raw)
+
+
+def test_bad_chunk_size_is_a_protocol_error() -> None:
+    response = _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n")
+    with pytest.raises(ProtocolError, match="chunk size"):
+        _body(response)
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nonly part",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+])
+def test_a_body_cut_short_is_a_connection_error(raw: bytes) -> None:
+    response = _response(raw)
+    with pytest.raises(ConnectionError):
+        _body(response)
+    assert not response.reusable
+
+
+class _Upstream:
+    """A loopback server answering each request with `answer(request)`, one thread a client."""
+
+    def __init__(self, answer: Callable[[bytes, int], bytes | None]) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        _opened.append(self.listener)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            for request in _requests(client):
+                self.requests.append(request)
+                reply = self.answer(request, len(self.requests))
+                if reply is None:
+                    return  # close without answering
+                client.sendall(reply)
+
+
+def _requests(client: socket.socket) -> Iterator[bytes]:
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            data = client.recv(65536)
+            if not data:
+                return
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(buffer) < length:
+            buffer += client.recv(65536)
+        yield head + b"\r\n\r\n" + buffer[:length]
+        buffer = buffer[length:]
+
+
+@pytest.fixture()
+def endpoint_to() -> Iterator[Callable[[int], Endpoint]]:
+    endpoints: list[Endpoint] = []
+
+    def make(port: int) -> Endpoint:
+        endpoint = Endpoint("127.0.0.1", port, "/v1/chat/completions",
+                            {"Authorization": "Bearer k"}, https=False, connect_timeout=5,
+                            read_timeout=5)
+        endpoints.append(endpoint)
+        return endpoint
+
+    yield make
+    for endpoint in endpoints:
+        endpoint.close_idle()
+
+
+def test_request_head_and_keep_alive_reuse(endpoint_to: Callable[[int], Endpoint]) -> None:
+    upstream = _Upstream(lambda request, n: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
+    endpoint = endpoint_to(upstream.port)
+    for expected in (b"1", b"2"):
+        response = endpoint.post(b'{"x": 1}')
+        assert _body(response) == expected
+        endpoint.release(response)
+    first = upstream.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert f"Host: 127.0.0.1:{upstream.port}\r\n".encode() in first
+    assert b"Authorization: Bearer k\r\n" in first
+    assert first.endswith(b'Content-Length: 8\r\n\r\n{"x": 1}')
+    assert len(endpoint._idle) == 1  # one connection served both
+
+
+def test_an_idle_connection_the_server_closed_is_replaced(
+    endpoint_to: Callable[[int], Endpoint],
+) -> None:
+    # The first connection's second request is answered by closing it, as a server whose
+    # keep-alive timeout passed would: the request goes again on a fresh connection.
+    upstream = _Upstream(
+        lambda request, n: None if n == 2 else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    endpoint = endpoint_to(upstream.port)
+    for _ in range(2):
+        response = endpoint.post(b"{}")
+        assert _body(response) == b"ok"
+        endpoint.release(response)
+    assert len(upstream.requests) == 3
+
+
+def test_interim_responses_are_skipped(endpoint_to: Callable[[int], Endpoint]) -> None:
+    upstream = _Upstream(lambda request, n: b"HTTP/1.1 100 Continue\r\n\r\n"
+                         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    endpoint = endpoint_to(upstream.port)
+    response = endpoint.post(b"{}")
+    assert response.status == 200 and _body(response) == b"ok"
+    endpoint.release(response)
