@@ -42,7 +42,10 @@ def _read_head(conn: Connection) -> tuple[bytes, bytes, bytes]:
 
 
 def _body(response: Response) -> bytes:
-    return b"".join(response.body())
+    received = b""
+    while data := response.read():
+        received += data
+    return received
 
 
 def test_content_length_body_is_read_exactly_and_reusable() -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 
 import gevent
 
@@ -31,6 +30,8 @@ class UnreachableError(OSError):
 
 class Connection:
     """One keep-alive connection; `last_read` is when it last received anything."""
+
+    __slots__ = ("sock", "last_read", "silent")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -60,7 +61,10 @@ class Connection:
 
 
 class Response:
-    """A response's status and framing; `body()` yields its bytes as they arrive."""
+    """A response's status and framing; `read()` returns its body's bytes as they arrive."""
+
+    __slots__ = ("conn", "status", "chunked", "length", "keep_alive", "complete", "_pending",
+                 "_left")
 
     def __init__(self, conn: Connection, head: bytes, rest: bytes) -> None:
         self.conn = conn
@@ -84,44 +88,39 @@ class Response:
         self.keep_alive = (b"close" not in connection and (
             version == b"HTTP/1.1" or b"keep-alive" in connection
         ) and (self.chunked or self.length is not None))
-        self.complete = False  # the whole body has been read
-        self._rest = rest
+        self.complete = self.length == 0  # the whole body has been read
+        self._pending = rest  # received, not yet returned
+        # Chunked: payload bytes still to come in the current chunk, then its CRLF (2 more);
+        # with a Content-Length: body bytes still to come.
+        self._left = 0 if self.length is None else self.length
 
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive
 
-    def body(self) -> Iterator[bytes]:
-        """The body's bytes as they arrive; a chunked body is decoded from all bytes at hand
-        (one recv often holds dozens of chunks, one event each)."""
+    def read(self) -> bytes:
+        """The body's next bytes as they arrive, b"" once it has all been read."""
+        if self.complete:
+            return b""
         if self.chunked:
-            yield from self._chunked()
-        elif self.length is not None:
-            left, received = self.length, self._rest
-            while True:
-                if received:
-                    yield received[:left]
-                    left -= len(received)
-                if left <= 0:
-                    break
-                received = self.conn.recv()
-                if not received:
-                    raise ConnectionError("the upstream closed the connection mid-body")
-        else:
-            received = self._rest
-            while True:
-                if received:
-                    yield received
-                received = self.conn.recv()
-                if not received:
-                    break
-        self.complete = True
+            return self._read_chunked()
+        data, self._pending = self._pending or self.conn.recv(), b""
+        if self.length is None:  # the body ends when the connection does
+            self.complete = not data
+            return data
+        if not data:
+            raise ConnectionError("the upstream closed the connection mid-body")
+        data = data[: self._left]
+        self._left -= len(data)
+        self.complete = self._left == 0
+        return data
 
-    def _chunked(self) -> Iterator[bytes]:
-        pending = self._rest
-        left = 0  # payload bytes still to come in the current chunk, then its CRLF (2 more)
+    def _read_chunked(self) -> bytes:
+        """Decode from all the bytes at hand: one recv often holds dozens of chunks, an event
+        each, and the caller wants them in one piece."""
+        pending, left = self._pending, self._left
+        payload: list[bytes] = []
         while True:
-            payload: list[bytes] = []
             while pending:
                 if left > 2:
                     piece = pending[: left - 2]
@@ -139,13 +138,13 @@ class Response:
                     size = _chunk_size(pending[:line_end])
                     pending = pending[line_end + 1 :]
                     if size == 0:
-                        if payload:
-                            yield b"".join(payload)
                         self._skip_trailers(pending)
-                        return
+                        self.complete, self._pending = True, b""
+                        return b"".join(payload)
                     left = size + 2
             if payload:
-                yield b"".join(payload)
+                self._pending, self._left = pending, left
+                return b"".join(payload)
             received = self.conn.recv()
             if not received:
                 raise ConnectionError("the upstream closed the connection mid-body")

@@ -96,7 +96,10 @@ class OpenAIUpstream:
                 raise _status_error(response.status, _error_body(response))
             # The body is read to its end, past [DONE], so the connection can be reused; the
             # caller may stop iterating at Finish.
-            yield from _chunks(_event_data(response.body()))
+            parser = _EventParser()
+            while received := response.read():
+                yield from parser.feed(received)
+            yield from parser.end()
         except TimeoutError as exc:
             raise UpstreamError(
                 "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
@@ -134,53 +137,54 @@ def _endpoint(client: openai.OpenAI, connect_timeout: float, read_timeout: float
 def _error_body(response: Response) -> bytes:
     """The start of an error answer's body (the connection is not reused after a long one)."""
     received = b""
-    for data in response.body():
+    while len(received) < _MAX_ERROR_BODY and (data := response.read()):
         received += data
-        if len(received) >= _MAX_ERROR_BODY:
-            break
     return received[:_MAX_ERROR_BODY]
 
 
-def _event_data(body: Iterator[bytes]) -> Iterator[bytes]:
-    """The `data` of each server-sent event in the body, multi-line data joined with newlines."""
-    buffer = b""
-    for received in body:
-        buffer += received
+class _EventParser:
+    """An OpenAI stream's server-sent events in, its text deltas out, then Finish at the end."""
+
+    __slots__ = ("_buffer", "_done", "_finish_reason", "_usage")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._done = False
+        self._finish_reason: str | None = None
+        self._usage: dict[str, Any] = {}
+
+    def feed(self, received: bytes) -> Iterator[Delta]:
+        """The deltas of the events that `received` completes (a generator, so that the deltas
+        before a malformed event still go out)."""
+        buffer = self._buffer + received
         if b"\r" in buffer:
             # Normalise CRLF and CR line ends; a CR at the very end may be half of a CRLF.
             keep = b"\r" if buffer.endswith(b"\r") else b""
             buffer = buffer[: len(buffer) - len(keep)].replace(b"\r\n", b"\n")
             buffer = buffer.replace(b"\r", b"\n") + keep
-        *blocks, buffer = buffer.split(b"\n\n")
+        *blocks, self._buffer = buffer.split(b"\n\n")
         for block in blocks:
             data = _data_of(block)
-            if data is not None:
-                yield data
-    data = _data_of(buffer.rstrip(b"\r"))
-    if data is not None:
-        yield data
+            if data is not None and (text := self._parse(data)):
+                yield Delta(text)
 
+    def end(self) -> Iterator[Delta | Finish]:
+        """The body ended: the delta of an event it did not end with a blank line, and Finish."""
+        data = _data_of(self._buffer.rstrip(b"\r"))
+        if data is not None and (text := self._parse(data)):
+            yield Delta(text)
+        if self._finish_reason is None:
+            raise UpstreamError(
+                "upstream_disconnected", "The upstream ended the stream before it finished."
+            )
+        yield Finish(self._finish_reason, self._usage)
 
-def _data_of(block: bytes) -> bytes | None:
-    if block.startswith(b"data: ") and b"\n" not in block:
-        return block[6:]  # the usual one-line event
-    lines = [
-        line[6:] if line.startswith(b"data: ") else line[5:]
-        for line in block.split(b"\n")
-        if line.startswith(b"data:")
-    ]
-    return b"\n".join(lines) if lines else None
-
-
-def _chunks(events: Iterator[bytes]) -> Iterator[Delta | Finish]:
-    finish_reason: str | None = None
-    usage: dict[str, Any] = {}
-    done = False
-    for data in events:
+    def _parse(self, data: bytes) -> str | None:
+        """The text of one event's chunk, noting its finish reason and usage."""
         # Read on to the end of the body after [DONE], so the connection goes back to the pool.
-        done = done or data.startswith(b"[DONE]")
-        if done:
-            continue
+        self._done = self._done or data.startswith(b"[DONE]")
+        if self._done:
+            return None
         try:
             chunk = orjson.loads(data)
         except ValueError as exc:
@@ -195,21 +199,29 @@ def _chunks(events: Iterator[bytes]) -> Iterator[Delta | Finish]:
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise UpstreamError("upstream_error", f"The upstream reported an error: {message}")
         if chunk.get("usage"):
-            usage = chunk["usage"]
+            self._usage = chunk["usage"]
         choices = chunk.get("choices")
-        if choices and isinstance(choices, list):
-            choice = choices[0]
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if content and isinstance(content, str):
-                yield Delta(content)
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                finish_reason = choice["finish_reason"]
-    if finish_reason is None:
-        raise UpstreamError(
-            "upstream_disconnected", "The upstream ended the stream before it finished."
-        )
-    yield Finish(finish_reason, usage)
+        if not choices or not isinstance(choices, list):
+            return None
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            return None
+        if choice.get("finish_reason"):
+            self._finish_reason = choice["finish_reason"]
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        return content if content and isinstance(content, str) else None
+
+
+def _data_of(block: bytes) -> bytes | None:
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]  # the usual one-line event
+    lines = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(lines) if lines else None
 
 
 def _status_error(status: int, raw: bytes) -> UpstreamError:
