@@ -1,6 +1,6 @@
 """Signals that "ticket X has new events" and "cancel ticket X", never the events themselves.
 
-Readers in this process are woken in memory (a gevent Event per watched ticket). With Redis
+Readers in this process are woken in memory (a gevent Waiter per waiting reader). With Redis
 configured, signals also cross to other workers and hosts over pub/sub; without it, readers whose
 producer runs elsewhere poll the database (the truth) every RELAY_POLL_MS. The Redis listener is
 started lazily, after gunicorn forked and patched, never at import.
@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gevent
-import gevent.event
+from gevent.hub import Waiter, get_hub
 
 log = logging.getLogger("relay.broker")
 
@@ -24,11 +23,11 @@ _EVENTS_CHANNEL = "relay:events"
 _CANCEL_CHANNEL = "relay:cancel"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Watch:
     version: int = 0
-    waiters: int = 0
-    event: gevent.event.Event = field(default_factory=gevent.event.Event)
+    readers: int = 0
+    sleepers: list[Waiter] = field(default_factory=list)
 
 
 class Broker:
@@ -52,25 +51,41 @@ class Broker:
         watch = self._watches.get(ticket_id)
         return watch.version if watch else 0
 
-    @contextmanager
-    def watching(self, ticket_id: str) -> Iterator[None]:
-        """Register interest in ticket_id, so no notify between `version` and `wait` is lost."""
+    def watch(self, ticket_id: str) -> None:
+        """Register interest in ticket_id, so no notify between `version` and `wait` is lost;
+        every `watch` needs its `unwatch`."""
         self._ensure_listener()
-        watch = self._watches.setdefault(ticket_id, _Watch())
-        watch.waiters += 1
-        try:
-            yield
-        finally:
-            watch.waiters -= 1
-            if watch.waiters == 0 and self._watches.get(ticket_id) is watch:
-                del self._watches[ticket_id]
+        watch = self._watches.get(ticket_id)
+        if watch is None:
+            watch = self._watches[ticket_id] = _Watch()
+        watch.readers += 1
+
+    def unwatch(self, ticket_id: str) -> None:
+        watch = self._watches[ticket_id]
+        watch.readers -= 1
+        if watch.readers == 0:
+            del self._watches[ticket_id]
 
     def wait(self, ticket_id: str, seen_version: int, timeout: float) -> bool:
-        """Inside `watching`: block until notified after `seen_version`, or `timeout` passes."""
+        """While watching: block until notified after `seen_version` (True) or `timeout` passes.
+
+        A Waiter and a bare timer, not an Event with a timeout: that built a Timeout exception
+        object on every wait, twice the cost, and readers wait once per token.
+        """
         watch = self._watches[ticket_id]
         if watch.version != seen_version:
             return True
-        return watch.event.wait(timeout)
+        hub = get_hub()
+        waiter = Waiter(hub)
+        timer = hub.loop.timer(timeout)
+        timer.start(waiter.switch, False)
+        watch.sleepers.append(waiter)
+        try:
+            return bool(waiter.get())
+        finally:
+            timer.close()
+            if waiter in watch.sleepers:  # timed out (or killed) before a wake
+                watch.sleepers.remove(waiter)
 
     def notify(self, ticket_id: str) -> None:
         """Wake every reader of ticket_id, here and (with Redis) on other workers and hosts."""
@@ -107,8 +122,11 @@ class Broker:
         watch = self._watches.get(ticket_id)
         if watch is not None:
             watch.version += 1
-            woken, watch.event = watch.event, gevent.event.Event()
-            woken.set()
+            if watch.sleepers:
+                sleepers, watch.sleepers = watch.sleepers, []
+                run_callback = get_hub().loop.run_callback
+                for waiter in sleepers:
+                    run_callback(waiter.switch, True)
 
     def _cancel_local(self, ticket_id: str) -> None:
         callback = self._cancel_callbacks.get(ticket_id)

@@ -41,7 +41,7 @@ _STOP_OUTCOMES = {
 KEEP_COMMITTED = 64
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveLog:
     """The newest encoded frames of a ticket being generated here: event ids dropped+1 ... count.
 
@@ -117,6 +117,9 @@ def stop_all(reason: str) -> None:
 
 
 class Producer:
+    __slots__ = ("app", "ticket_id", "request", "upstream", "broker", "writer", "log", "pending",
+                 "text_parts", "greenlet", "streaming", "started")
+
     def __init__(self, app: Flask, ticket_id: str, request: ChatRequest) -> None:
         self.app = app
         self.ticket_id = ticket_id

@@ -89,39 +89,40 @@ def _event_stream(
 ) -> Iterator[bytes]:
     _local_readers[ticket_id] += 1
     metrics.STREAMS_OPEN.inc()
+    broker.watch(ticket_id)
     try:
-        with broker.watching(ticket_id):
-            yield sse.encode(retry=settings.retry_ms)
-            last_write = time.monotonic()
-            live: generation.LiveLog | None = None
-            while True:
-                version = broker.version(ticket_id)
-                # Kept once seen: a finished log still holds its committed `done`.
-                live = generation.live_log(ticket_id) or live
-                from_memory = live.read_after(last_seen) if live is not None else None
-                if from_memory is None:
-                    # Not generated here, or this reader is behind what the LiveLog keeps.
-                    live = None
-                    from_memory = _stored_frames(app, ticket_id, last_seen)
-                frames, done = from_memory
-                if frames:
-                    yield b"".join(frames)
-                    last_seen += len(frames)
-                    last_write = time.monotonic()
-                    if done:
-                        return
-                elif time.monotonic() - last_write >= settings.heartbeat:
-                    yield sse.PING
-                    last_write = time.monotonic()
-                timeout = settings.heartbeat - (time.monotonic() - last_write)
-                if live is None and not broker.crosses_processes:
-                    timeout = min(timeout, settings.poll)
-                if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
-                    final = _done_if_abandoned(app, broker, ticket_id, last_seen)
-                    if final:
-                        yield b"".join(final)
-                        return
+        yield sse.encode(retry=settings.retry_ms)
+        last_write = time.monotonic()
+        live: generation.LiveLog | None = None
+        while True:
+            version = broker.version(ticket_id)
+            # Kept once seen: a finished log still holds its committed `done`.
+            live = generation.live_log(ticket_id) or live
+            from_memory = live.read_after(last_seen) if live is not None else None
+            if from_memory is None:
+                # Not generated here, or this reader is behind what the LiveLog keeps.
+                live = None
+                from_memory = _stored_frames(app, ticket_id, last_seen)
+            frames, done = from_memory
+            if frames:
+                yield b"".join(frames)
+                last_seen += len(frames)
+                last_write = time.monotonic()
+                if done:
+                    return
+            elif time.monotonic() - last_write >= settings.heartbeat:
+                yield sse.PING
+                last_write = time.monotonic()
+            timeout = settings.heartbeat - (time.monotonic() - last_write)
+            if live is None and not broker.crosses_processes:
+                timeout = min(timeout, settings.poll)
+            if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
+                final = _done_if_abandoned(app, broker, ticket_id, last_seen)
+                if final:
+                    yield b"".join(final)
+                    return
     finally:
+        broker.unwatch(ticket_id)
         metrics.STREAMS_OPEN.dec()
         _reader_left(app, broker, ticket_id, settings)
 
