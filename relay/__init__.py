@@ -77,11 +77,12 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     with app.app_context():
-        if db.engine.dialect.name == "sqlite":
-            tune_sqlite(db.engine)
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        tune_sqlite(engine)
     app.extensions["relay"] = RelayState(
         config=config, upstream=build_upstream(config), broker=Broker(config["REDIS_URL"]),
-        writer=BatchWriter(app),
+        writer=BatchWriter(app, engine),
     )
 
     from .views import api, compat, conversations, ops, stream, web

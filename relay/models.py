@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import db
@@ -42,9 +42,12 @@ class Message(db.Model):
 
 class Ticket(db.Model):
     __tablename__ = "tickets"
+    # A ticket changes status twice (claimed, finished): keyed on what does not change, and
+    # only running tickets in the claims index, each of those writes touches fewer pages.
     __table_args__ = (
-        Index("ix_tickets_conversation_status", "conversation_id", "status"),
-        Index("ix_tickets_claimed_by_status", "claimed_by", "status"),
+        Index("ix_tickets_conversation", "conversation_id"),
+        Index("ix_tickets_running_claims", "claimed_by", "cancel_requested",
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -8,7 +8,6 @@ conversation views' rename and delete use the ORM session.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import secrets
@@ -17,8 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, func, insert, select, update
+import orjson
+from sqlalchemy import bindparam, delete, select, update
 
+from . import sql
 from .db import db
 from .errors import Conflict, ConversationNotFound, InvalidRequest, TicketNotFound
 from .models import FINISHED_STATUSES, Conversation, Message, Ticket, TicketEvent
@@ -29,73 +30,51 @@ _events = TicketEvent.__table__
 _messages = Message.__table__
 _conversations = Conversation.__table__
 
-# Statements on the hot paths are built once, so SQLAlchemy compiles and caches them once.
-_INSERT_CONVERSATION = insert(_conversations)
-_TOUCH_CONVERSATION = (
-    update(_conversations)
-    .where(_conversations.c.id == bindparam("cid"))
-    .values(updated_at=bindparam("updated_at"))
-)
-_INSERT_MESSAGE = insert(_messages)
-_INSERT_TICKET = insert(_tickets)
 _SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
-_CLAIM_TICKET = (
-    update(_tickets)
-    .where(
-        _tickets.c.id == bindparam("tid"), _tickets.c.owner == bindparam("for_owner"),
-        _tickets.c.status == "pending",
-    )
-    .values(
-        status="running", claimed_by=bindparam("worker"), started_at=bindparam("now"),
-        lease_expires_at=bindparam("until"),
-    )
-    .returning(_tickets.c.request)
+
+# The hot paths' statements, as plain SQL (sql.py says why). `status = 'running'` is written
+# out, so that the planner can use the partial index of running claims.
+_INSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
 )
-_SELECT_CLAIMS = select(
-    _tickets.c.id, _tickets.c.status, _tickets.c.claimed_by, _tickets.c.cancel_requested
-).where(_tickets.c.id.in_(bindparam("ids", expanding=True)))
-_SELECT_CANCELLED = select(_tickets.c.id).where(
-    _tickets.c.claimed_by == bindparam("worker"), _tickets.c.status == "running",
-    _tickets.c.cancel_requested.is_(True),
+_TOUCH_CONVERSATION = "UPDATE conversations SET updated_at = ? WHERE id = ?"
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (conversation_id, position, role, content, ticket_id, status, "
+    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_TICKET = (
+    "INSERT INTO tickets (id, owner, conversation_id, request, model, status, last_seq, "
+    "cancel_requested, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+)
+_CLAIM_TICKET = (
+    "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
+    "WHERE id = ? AND owner = ? AND status = 'pending' RETURNING request"
 )
 _RENEW_LEASES = (
-    update(_tickets)
-    .where(
-        _tickets.c.claimed_by == bindparam("worker"), _tickets.c.status == "running",
-        _tickets.c.cancel_requested.is_(False),
-    )
-    .values(lease_expires_at=bindparam("until"))
+    "UPDATE tickets SET lease_expires_at = ? "
+    "WHERE claimed_by = ? AND status = 'running' AND cancel_requested = ?"
 )
-
-
-def _finish_statement(*condition: Any) -> Any:
-    return (
-        update(_tickets)
-        .where(_tickets.c.id == bindparam("tid"), *condition)
-        .values(
-            status=bindparam("b_status"), finished_at=bindparam("b_now"),
-            finish_reason=bindparam("b_finish_reason"),
-            usage=bindparam("b_usage", type_=_tickets.c.usage.type),
-            error_code=bindparam("b_error_code"), error_message=bindparam("b_error_message"),
-            lease_expires_at=None,
-            last_seq=func.coalesce(bindparam("b_last_seq", type_=Integer), _tickets.c.last_seq),
-        )
-        .returning(_tickets.c.conversation_id)
-    )
-
-
+_SELECT_CANCELLED = (
+    "SELECT id FROM tickets WHERE claimed_by = ? AND status = 'running' AND cancel_requested = ?"
+)
+_SELECT_CLAIMS = "SELECT id, status, claimed_by, cancel_requested FROM tickets WHERE id IN ({})"
+_INSERT_EVENTS = "INSERT INTO ticket_events (ticket_id, seq, kind, data) VALUES (?, ?, ?, ?)"
+_FINISH = (
+    "UPDATE tickets SET status = ?, finished_at = ?, finish_reason = ?, usage = ?, "
+    "error_code = ?, error_message = ?, lease_expires_at = NULL, "
+    "last_seq = COALESCE(?, last_seq) WHERE id = ? AND {} RETURNING conversation_id"
+)
 # Who may write `done`: the producer holding the claim, the reaper of an expired lease, or a
 # cancel of a ticket nobody started.
-_FINISH_BY_PRODUCER = _finish_statement(
-    _tickets.c.status == "running", _tickets.c.claimed_by == bindparam("b_worker")
+_FINISH_BY_PRODUCER = _FINISH.format("status = 'running' AND claimed_by = ?")
+_FINISH_BY_REAPER = _FINISH.format("status = 'running' AND lease_expires_at < ?")
+_FINISH_PENDING = _FINISH.format("status = 'pending'")
+_SET_DONE_SEQ = "UPDATE tickets SET last_seq = ? WHERE id = ?"
+_LAST_STORED_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM ticket_events WHERE ticket_id = ?"
+_STORED_DELTAS = (
+    "SELECT data FROM ticket_events WHERE ticket_id = ? AND kind = 'delta' ORDER BY seq"
 )
-_FINISH_BY_REAPER = _finish_statement(
-    _tickets.c.status == "running", _tickets.c.lease_expires_at < bindparam("b_expired_before")
-)
-_FINISH_PENDING = _finish_statement(_tickets.c.status == "pending")
-_LAST_ANSWER_POSITION = select(func.coalesce(func.max(_messages.c.position), -1)).where(
-    _messages.c.conversation_id == bindparam("cid")
-)
+_LAST_POSITION = "SELECT COALESCE(MAX(position), -1) FROM messages WHERE conversation_id = ?"
 
 StoredEvent = tuple[int, str, str]
 """(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
@@ -189,23 +168,22 @@ def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
     if spec.max_tokens is not None:
         request["max_tokens"] = spec.max_tokens
     ticket_id = new_id()
-    with db.engine.begin() as conn:
+    with sql.Transaction(db.engine) as tx:
         if spec.conversation_id is None:
-            conn.execute(_INSERT_CONVERSATION, {
-                "id": conversation_id, "owner": owner, "title": _title(added[-1]["content"]),
-                "created_at": now, "updated_at": now,
-            })
+            tx.execute(_INSERT_CONVERSATION,
+                       (conversation_id, owner, _title(added[-1]["content"]), now, now))
         else:
-            conn.execute(_TOUCH_CONVERSATION, {"cid": conversation_id, "updated_at": now})
+            tx.execute(_TOUCH_CONVERSATION, (now, conversation_id))
         if dropped:
-            conn.execute(delete(_messages).where(_messages.c.id.in_(dropped)))
-        if added:
-            conn.execute(_INSERT_MESSAGE, added)
-        conn.execute(_INSERT_TICKET, {
-            "id": ticket_id, "owner": owner, "conversation_id": conversation_id,
-            "request": request, "model": spec.model, "status": "pending", "last_seq": 0,
-            "cancel_requested": False, "created_at": now,
-        })
+            tx.execute(f"DELETE FROM messages WHERE id IN ({sql.placeholders(len(dropped))})",
+                       dropped)
+        tx.executemany(_INSERT_MESSAGE, [
+            (m["conversation_id"], m["position"], m["role"], m["content"], None, None, now)
+            for m in added
+        ])
+        tx.execute(_INSERT_TICKET, (
+            ticket_id, owner, conversation_id, sql.json_text(request), spec.model, False, now,
+        ))
     return CreatedTicket(ticket_id, conversation_id)
 
 
@@ -297,52 +275,43 @@ def claim_ticket(
     if not is_valid_id(ticket_id):
         return None
     now = time.time()
-    with db.engine.begin() as conn:
-        return conn.execute(_CLAIM_TICKET, {
-            "tid": ticket_id, "for_owner": owner, "worker": worker_id, "now": now,
-            "until": now + lease_seconds,
-        }).scalar()
+    with sql.Transaction(db.engine) as tx:
+        row = tx.execute(
+            _CLAIM_TICKET, (worker_id, now, now + lease_seconds, ticket_id, owner)
+        ).fetchone()
+    return None if row is None else sql.json_value(row[0])
 
 
-def check_claims(conn: Any, ticket_ids: Sequence[str], worker_id: str) -> dict[str, str]:
+def check_claims(
+    tx: sql.Transaction, ticket_ids: Sequence[str], worker_id: str
+) -> dict[str, str]:
     """Of these tickets generated by `worker_id`, those to stop: `cancelled` or `lost`."""
     verdicts: dict[str, str] = {}
     for start in range(0, len(ticket_ids), 500):
-        rows = conn.execute(_SELECT_CLAIMS, {"ids": ticket_ids[start : start + 500]}).all()
-        for row in rows:
-            if row.status != "running" or row.claimed_by != worker_id:
-                verdicts[row.id] = "lost"
-            elif row.cancel_requested:
-                verdicts[row.id] = "cancelled"
+        ids = ticket_ids[start : start + 500]
+        rows = tx.execute(_SELECT_CLAIMS.format(sql.placeholders(len(ids))), ids).fetchall()
+        for ticket_id, status, claimed_by, cancel_requested in rows:
+            if status != "running" or claimed_by != worker_id:
+                verdicts[ticket_id] = "lost"
+            elif cancel_requested:
+                verdicts[ticket_id] = "cancelled"
     return verdicts
 
 
-def cancelled_claims(conn: Any, worker_id: str) -> list[str]:
+def cancelled_claims(tx: sql.Transaction, worker_id: str) -> list[str]:
     """The tickets `worker_id` is generating whose cancel was requested."""
-    return list(conn.execute(_SELECT_CANCELLED, {"worker": worker_id}).scalars())
+    return [row[0] for row in tx.execute(_SELECT_CANCELLED, (worker_id, True)).fetchall()]
 
 
-def insert_events(conn: Any, rows: list[tuple[str, int, str, str]]) -> None:
-    """Insert event rows (from `event_rows`) with one executemany of the driver.
-
-    The driver's own statement, because SQLAlchemy's per-row parameter processing cost more than
-    the insert itself for the hundreds of rows a batch can hold.
-    """
-    if rows:
-        conn.exec_driver_sql(_insert_events_sql(conn.dialect.paramstyle), rows)
+def insert_events(tx: sql.Transaction, rows: list[tuple[str, int, str, str]]) -> None:
+    """Insert event rows (from `event_rows`) with one executemany."""
+    tx.executemany(_INSERT_EVENTS, rows)
 
 
-@functools.cache
-def _insert_events_sql(paramstyle: str) -> str:
-    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}[paramstyle]
-    return (f"INSERT INTO {_events.name} (ticket_id, seq, kind, data) "
-            f"VALUES ({marker}, {marker}, {marker}, {marker})")
-
-
-def renew_leases(conn: Any, worker_id: str, until: float) -> int:
+def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
     """Extend the lease of every ticket `worker_id` is generating and nobody cancelled; returns
     how many that is."""
-    return int(conn.execute(_RENEW_LEASES, {"worker": worker_id, "until": until}).rowcount)
+    return int(tx.execute(_RENEW_LEASES, (until, worker_id, False)).rowcount)
 
 
 def done_payload(
@@ -381,44 +350,36 @@ def finish_ticket(
     if status not in FINISHED_STATUSES:
         raise ValueError(f"not a final status: {status}")
     now = time.time()
-    params: dict[str, Any] = {
-        "tid": ticket_id, "b_status": status, "b_now": now, "b_finish_reason": finish_reason,
-        "b_usage": usage, "b_error_code": error["code"] if error else None,
-        "b_error_message": error["message"] if error else None, "b_last_seq": done_seq,
-    }
+    params: list[Any] = [
+        status, now, finish_reason, sql.json_text(usage), error["code"] if error else None,
+        error["message"] if error else None, done_seq, ticket_id,
+    ]
     if worker_id is not None:
-        statement, params["b_worker"] = _FINISH_BY_PRODUCER, worker_id
+        statement = _FINISH_BY_PRODUCER
+        params.append(worker_id)
     elif expired_before is not None:
-        statement, params["b_expired_before"] = _FINISH_BY_REAPER, expired_before
+        statement = _FINISH_BY_REAPER
+        params.append(expired_before)
     else:
         statement = _FINISH_PENDING
-    with db.engine.begin() as conn:
-        claimed = conn.execute(statement, params).first()
+    with sql.Transaction(db.engine) as tx:
+        claimed = tx.execute(statement, params).fetchone()
         if claimed is None:
             return None
         if done_seq is None:
-            done_seq = _last_stored_seq(conn, ticket_id) + 1
-            conn.execute(
-                update(_tickets).where(_tickets.c.id == ticket_id).values(last_seq=done_seq)
-            )
+            done_seq = _last_stored_seq(tx, ticket_id) + 1
+            tx.execute(_SET_DONE_SEQ, (done_seq, ticket_id))
         done_event = (done_seq, "done", done_payload(status, finish_reason, usage, error))
-        insert_events(conn, event_rows(ticket_id, [*pending_events, done_event]))
-        conversation_id = claimed.conversation_id
+        insert_events(tx, event_rows(ticket_id, [*pending_events, done_event]))
+        conversation_id = claimed[0]
         if text is None:
-            text = _stored_text(conn, ticket_id)
+            text = _stored_text(tx, ticket_id)
         if conversation_id is not None and (status != "cancelled" or text):
-            _append_answer(conn, conversation_id, ticket_id, text, status, now)
+            position = tx.execute(_LAST_POSITION, (conversation_id,)).fetchone()[0] + 1
+            tx.execute(_INSERT_MESSAGE, (
+                conversation_id, position, "assistant", text, ticket_id, status, now,
+            ))
     return done_seq
-
-
-def _append_answer(
-    conn: Any, conversation_id: str, ticket_id: str, text: str, status: str, now: float
-) -> None:
-    position = conn.execute(_LAST_ANSWER_POSITION, {"cid": conversation_id}).scalar()
-    conn.execute(_INSERT_MESSAGE, {
-        "conversation_id": conversation_id, "position": position + 1, "role": "assistant",
-        "content": text, "ticket_id": ticket_id, "status": status, "created_at": now,
-    })
 
 
 def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[tuple[str, int, str, str]]:
@@ -437,25 +398,19 @@ def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
     return [(row.seq, row.kind, row.data) for row in rows]
 
 
-def _last_stored_seq(conn: Any, ticket_id: str) -> int:
-    return conn.execute(
-        select(func.coalesce(func.max(_events.c.seq), 0)).where(_events.c.ticket_id == ticket_id)
-    ).scalar()
+def _last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
+    return int(tx.execute(_LAST_STORED_SEQ, (ticket_id,)).fetchone()[0])
 
 
-def _stored_text(conn: Any, ticket_id: str) -> str:
-    rows = conn.execute(
-        select(_events.c.data)
-        .where(_events.c.ticket_id == ticket_id, _events.c.kind == "delta")
-        .order_by(_events.c.seq)
-    ).scalars()
-    return "".join(json.loads(data)["delta"] for data in rows)
+def _stored_text(tx: sql.Transaction, ticket_id: str) -> str:
+    rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()
+    return "".join(orjson.loads(row[0])["delta"] for row in rows)
 
 
 def ticket_progress(ticket_id: str) -> tuple[str, int]:
     """The answer text stored so far and the id of the last stored event."""
-    with db.engine.connect() as conn:
-        return _stored_text(conn, ticket_id), _last_stored_seq(conn, ticket_id)
+    with sql.Transaction(db.engine) as tx:
+        return _stored_text(tx, ticket_id), _last_stored_seq(tx, ticket_id)
 
 
 def request_cancel(ticket_id: str) -> None:

@@ -22,8 +22,9 @@ import gevent
 import gevent.event
 import gevent.lock
 from flask import Flask
+from sqlalchemy.engine import Engine
 
-from . import tickets
+from . import sql, tickets
 
 if TYPE_CHECKING:
     from .generation import Producer
@@ -34,8 +35,9 @@ log = logging.getLogger("relay.writer")
 class BatchWriter:
     """Group-commits the chunks of every producer in this worker and keeps their leases alive."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, engine: Engine) -> None:
         self.app = app
+        self.engine = engine
         self.flush_seconds = app.config["FLUSH_MS"] / 1000.0
         self.lease_seconds = app.config["LEASE_SECONDS"]
         # Without Redis, a cancel sent to another worker arrives only through the database.
@@ -93,7 +95,7 @@ class BatchWriter:
 
     def flush(self) -> None:
         """Commit every pending chunk, stop producers whose claim was cancelled or lost."""
-        with self.lock, self.app.app_context():
+        with self.lock:
             batch = {tid: self._producers[tid].take_pending() for tid in self._dirty
                      if tid in self._producers}
             self._dirty.clear()
@@ -131,23 +133,23 @@ class BatchWriter:
         self, batch: dict[str, list[tickets.StoredEvent]], renew: bool, poll: bool
     ) -> dict[str, str]:
         me = worker_id()
-        with tickets.db.engine.begin() as conn:
+        with sql.Transaction(self.engine) as tx:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
             # and then a renewal is due: checking at renewal time is enough. The renewal counts
             # the claims still held and not cancelled; only a shortfall needs a look at each.
             verdicts: dict[str, str] = {}
             if renew:
-                held = tickets.renew_leases(conn, me, time.time() + self.lease_seconds)
+                held = tickets.renew_leases(tx, me, time.time() + self.lease_seconds)
                 if held != len(self._producers):
-                    verdicts = tickets.check_claims(conn, list(self._producers), me)
+                    verdicts = tickets.check_claims(tx, list(self._producers), me)
             if poll:
-                for tid in tickets.cancelled_claims(conn, me):
+                for tid in tickets.cancelled_claims(tx, me):
                     verdicts.setdefault(tid, "cancelled")
             rows: list[tuple[str, int, str, str]] = []
             for tid, events in batch.items():
                 if tid not in verdicts:
                     rows.extend(tickets.event_rows(tid, events))
-            tickets.insert_events(conn, rows)
+            tickets.insert_events(tx, rows)
         return verdicts
 
     def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:
