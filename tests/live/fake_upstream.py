@@ -79,6 +79,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # As real servers do: with Nagle's algorithm, the small writes after the response head
+    # waited for the relay's delayed ACK, up to 40 ms.
+    disable_nagle_algorithm = True
     owner: FakeUpstream
 
     def log_message(self, format: str, *args: Any) -> None:
