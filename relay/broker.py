@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gevent
+import redis
 from gevent.hub import Waiter, get_hub
 
 log = logging.getLogger("relay.broker")
@@ -141,29 +142,39 @@ class Broker:
         except Exception as exc:  # Redis is an accelerator; the database stays the truth.
             log.warning("redis publish failed: %s", exc)
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> redis.Redis:
         if self._redis is None or self._pid != os.getpid():
-            import redis
-
+            assert self.redis_url is not None
             self._redis = redis.Redis.from_url(self.redis_url, socket_timeout=5)
             self._pid = os.getpid()
         return self._redis
 
     def _ensure_listener(self) -> None:
-        if self.redis_url is None:
+        """Subscribe now, in the caller, so that no signal published once it has returned is
+        missed (pub/sub keeps nothing for late subscribers); then listen in a greenlet."""
+        if self.redis_url is None or (self._listener is not None and not self._listener.dead):
             return
-        if self._listener is None or self._listener.dead:
-            self._listener = gevent.spawn(self._listen)
+        try:
+            pubsub = self._subscribe()
+        except Exception as exc:  # the listener keeps trying; the database stays the truth
+            log.warning("redis subscribe failed, retrying in the background: %s", exc)
+            pubsub = None
+        self._listener = gevent.spawn(self._listen, pubsub)
 
-    def _listen(self) -> None:
+    def _subscribe(self) -> redis.client.PubSub:
+        pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(_EVENTS_CHANNEL, _CANCEL_CHANNEL)
+        return pubsub
+
+    def _listen(self, pubsub: redis.client.PubSub | None) -> None:
         while True:
             try:
-                pubsub = self._client().pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(_EVENTS_CHANNEL, _CANCEL_CHANNEL)
+                pubsub = pubsub or self._subscribe()
                 for message in pubsub.listen():
                     self._dispatch(message["channel"], message["data"])
             except Exception as exc:
                 log.warning("redis listener failed, retrying in 1s: %s", exc)
+                pubsub = None
                 gevent.sleep(1.0)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
