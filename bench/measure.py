@@ -6,6 +6,7 @@ for the JSON report. Every loop is bounded by a count and a deadline.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -63,14 +64,19 @@ def ttft(
 
     `block` 1: a turn is one request, so each request follows another server's (which, sharing
     the server CPU, has evicted its caches: "interleaved"). `block` n: a turn is one unmeasured
-    request, then n measured ones in a row ("warm").
+    request, then n measured ones in a row ("warm"). Each round takes the targets in a fresh
+    order (seeded, so runs repeat): in a fixed order one server always follows the same other
+    one and pays alone for what that one left behind.
     """
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     errors: dict[str, int] = {t.name: 0 for t in targets}
     seen: dict[str, int] = {t.name: -warmup for t in targets}  # below 0: warm-up left
     bodies = {t.name: body_for(t, "Say hello.", model) for t in targets}
+    order = list(targets)
+    shuffle = random.Random(block).shuffle
     while any(seen[t.name] < count for t in targets):
-        for target in targets:
+        shuffle(order)
+        for target in order:
             if block > 1 and seen[target.name] < count:
                 run_stream(target, bodies[target.name], deadline_s=30)
             for _ in range(block):

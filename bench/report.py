@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-_COLUMNS = ("relay", "direct", "litellm", "ceiling")
+_COLUMNS = ("relay", "direct", "litellm", "ceiling", "floor")
 _TITLES = {"relay": "relay", "direct": "direct upstream", "litellm": "LiteLLM proxy",
-           "ceiling": "ceiling (gevent forwarder)"}
+           "ceiling": "ceiling (gevent forwarder)", "floor": "floor (two steps, nothing kept)"}
 
 
 def _get(data: dict[str, Any], *path: str | int) -> Any:
@@ -93,8 +93,8 @@ def _pair(row: dict[str, Any] | None, a: str, b: str) -> str:
 def markdown(data: dict[str, Any]) -> str:
     """The short results table and the targets table."""
     meta = data["meta"]
-    cols = [c for c in _COLUMNS if c in meta["targets"]]
     ttft = data.get("ttft", {})
+    cols = [c for c in _COLUMNS if c in meta["targets"] or c in ttft.get("results", {})]
     added = ttft.get("added", {})
     added_warm = ttft.get("added_warm", {})
     sat = data.get("throughput", {}).get("saturation", {})
@@ -140,11 +140,25 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(values.get(c, "–") for c in cols) + " |")
     if ttft.get("relay_v1"):
         lines += ["", f"relay `/v1/chat/completions` TTFT: {ttft['relay_v1']}"]
+    lines += _floor_note(added, added_warm)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for check in data.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
         lines.append(f"| {check['target']} | {_fmt(check['measured'])} | {met} |")
     return "\n".join(lines) + "\n"
+
+
+def _floor_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str]:
+    """What the stack alone adds to the first token, next to the 1/5-of-LiteLLM line."""
+    parts = []
+    for mode, rows in (("interleaved", added), ("warm", added_warm)):
+        floor, lite = _get(rows, "floor", "median_ms"), _get(rows, "litellm", "median_ms")
+        if floor is not None and lite:
+            parts.append(f"{floor:.2f} ms {mode} (1/5 of LiteLLM's: {lite / 5:.2f} ms)")
+    if not parts:
+        return []
+    return ["", "The floor (the contract's two steps on gunicorn's gevent worker and Flask, "
+            "nothing stored, checked or parsed) adds " + "; ".join(parts) + "."]
 
 
 def plot(data: dict[str, Any], path: Path) -> None:

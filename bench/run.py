@@ -115,21 +115,27 @@ def run(plan: Plan, smoke: bool, with_litellm: bool, only: set[str]) -> dict[str
                                                 server_cpus, log_dir, workers=workers)
             elif name == "ceiling":
                 service = servers.start_ceiling(upstream.port, server_cpus, log_dir)
+            elif name == "floor":
+                service = servers.start_floor(upstream.port, server_cpus, log_dir)
             else:
                 return upstream
             stack.callback(service.stop)
             return service
 
         def target(name: str, service: servers.Service) -> Target:
-            return Target(name, "127.0.0.1", service.port, "relay" if name == "relay" else "openai")
+            kind = "relay" if name in ("relay", "floor") else "openai"
+            return Target(name, "127.0.0.1", service.port, kind)
 
         if only & {"ttft", "throughput"}:
             _log("starting relay, ceiling" + (", LiteLLM" if with_litellm else ""))
             running = {name: start(name) for name in names}
             targets = [target(name, service) for name, service in running.items()]
             if "ttft" in only:
-                _log("measuring TTFT, one stream at a time")
-                data["ttft"] = _ttft(plan, targets, running["relay"], short)
+                _log("measuring TTFT, one stream at a time (with the floor)")
+                floor = start("floor")
+                data["ttft"] = _ttft(plan, [*targets, target("floor", floor)], running["relay"],
+                                     short)
+                floor.stop()
             if "throughput" in only:
                 data["throughput"] = _throughput(plan, targets, running, upstream, fast)
             for service in running.values():

@@ -151,6 +151,16 @@ def start_ceiling(upstream_port: int, cpus: Iterable[int], log_dir: Path) -> Ser
     return Service("ceiling", argv, port, cpus=cpus, log_dir=log_dir).wait_ready()
 
 
+def start_floor(upstream_port: int, cpus: Iterable[int], log_dir: Path) -> Service:
+    """bench/floor.py on gunicorn's gevent worker, one worker, as relay runs."""
+    port = free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gevent", "--workers", "1",
+            "--bind", f"127.0.0.1:{port}", "--keep-alive", "5", "--worker-connections", "10000",
+            "--no-control-socket", "bench.floor:app"]
+    env = {"FLOOR_UPSTREAM": f"127.0.0.1:{upstream_port}"}
+    return Service("floor", argv, port, cpus=cpus, log_dir=log_dir, env=env).wait_ready()
+
+
 def start_relay(
     upstream_port: int, cpus: Iterable[int], log_dir: Path, *, workers: int,
     heartbeat: float = 15.0, model: str = "bench-n64-t0-p0",
