@@ -44,7 +44,7 @@ class Plan:
 
 FULL = Plan(ttft_count=300, ttft_warmup=30, levels=(1, 4, 16, 64), level_seconds=6.0,
             max_streams=20000, answer_tokens=100,
-            stream_levels=(100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000),
+            stream_levels=(100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000),
             stream_hold=6.0,
             stream_budget=150.0, tickets_small=20000, tickets_large=400, tickets_seconds=8.0)
 SMOKE = Plan(ttft_count=5, ttft_warmup=2, levels=(1, 4), level_seconds=1.0, max_streams=20,

@@ -198,7 +198,7 @@ def install_litellm() -> None:
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(LITELLM_VENV)], check=True)
     subprocess.run(
-        [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", LITELLM_REQUIREMENT],
+        [str(LITELLM_VENV / "bin" / "pip"), "install", "--quiet", "--quiet", LITELLM_REQUIREMENT],
         check=True,
     )
 
