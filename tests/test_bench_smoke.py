@@ -32,7 +32,7 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     assert "| measurement | relay |" in completed.stdout
 
     ttft = data["ttft"]["results"]
-    for name in ("relay", "direct", "ceiling"):
+    for name in ("relay", "direct", "ceiling", "floor"):
         assert ttft[name]["n"] > 0 and ttft[name]["errors"] == 0, (name, ttft[name])
         assert ttft[name]["median_ms"] > 0
     assert "relay" in data["ttft"]["added"] and "relay" in data["ttft"]["added_warm"]
