@@ -1,9 +1,10 @@
 """Tickets in the store: create, load with an owner check, claim, store events, finish, cancel.
 
-Must not use `request` or `g`. Tickets and events go through short Core transactions on
-`db.engine` with statements built once; read-then-write paths start with their write (claim,
-finish), so SQLite takes the write lock first and never has to upgrade a read snapshot. Only the
-conversation views' rename and delete use the ORM session.
+Must not use `request` or `g`. The statements on the hot paths (create, claim, event batches,
+leases, finish) are plain SQL in short `sql.Transaction`s; reads and the rarer writes go through
+SQLAlchemy Core, and only the conversation views' rename and delete use the ORM session.
+Read-then-write paths start with their write (claim, finish), so SQLite takes the write lock
+first and never has to upgrade a read snapshot.
 """
 
 from __future__ import annotations
