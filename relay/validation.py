@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+import orjson
 from flask import Request
 
 from .errors import InvalidJSON, InvalidRequest, UnsupportedMediaType
@@ -29,8 +29,10 @@ def read_body(request: Request) -> dict[str, Any]:
     if mimetype == "application/json" or mimetype.endswith("+json"):
         raw = request.get_data(cache=False)
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # orjson, not json: it also refuses what is not valid UTF-8 once decoded (a lone
+            # surrogate like "\ud800"), which no database can store, and NaN/Infinity.
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise InvalidJSON(f"The body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise InvalidRequest("The JSON body must be an object.")

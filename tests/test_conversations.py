@@ -82,6 +82,9 @@ def test_list_show_rename_delete(client: FlaskClient) -> None:
     renamed = client.patch(f"/conversations/{a['conversation_id']}", json={"title": "Renamed"})
     assert renamed.get_json()["title"] == "Renamed"
     assert_error_shape(client.patch(f"/conversations/{a['conversation_id']}", json={}), 400)
+    lone_surrogate = b'{"title": "half a pair \\ud800"}'
+    assert_error_shape(client.patch(f"/conversations/{a['conversation_id']}", data=lone_surrogate,
+                                    content_type="application/json"), 400)
     assert client.delete(f"/conversations/{a['conversation_id']}").status_code == 204
     assert_error_shape(client.get(f"/tickets/{a['id']}"), 404, "ticket_not_found")
     assert_error_shape(
