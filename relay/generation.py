@@ -48,8 +48,8 @@ class LiveLog:
     Events up to `visible` are committed, and readers send no others, so every event a client has
     seen survives this worker's death. Only the newest committed frames are kept, so a long
     answer's memory stays bounded. `has_done` once the last frame is this producer's committed
-    `done`; a log that `finished` without it (someone else wrote `done`) sends its readers to the
-    database.
+    `done`; a log that `finished` without it (the claim was lost, the end could not be stored, or
+    the ticket was deleted) sends its readers to the database.
     """
 
     frames: list[bytes] = field(default_factory=list)
@@ -173,6 +173,10 @@ class Producer:
         finally:
             self.writer.unregister(self.ticket_id)
             _producers.pop(self.ticket_id, None)
+            # Readers still holding the log go to the database for the end: this producer's
+            # `done`, or the one the claim's new holder wrote, or none (the ticket was deleted).
+            self.log.finished = True
+            self.broker.notify(self.ticket_id)
             log.info(
                 "ticket %s %s after %.2fs, %d chunks", self.ticket_id, outcome["status"],
                 time.monotonic() - self.started, self.log.count,
@@ -259,8 +263,6 @@ class Producer:
             self.log.append(sse.encode(payload, event="done", id=done_seq))
             self.log.commit(done_seq)
             self.log.has_done = True
-        self.log.finished = True
-        self.broker.notify(self.ticket_id)
 
 
 def _failed(code: str, message: str) -> dict[str, Any]:

@@ -254,15 +254,16 @@ def conversation_messages(conversation_id: str) -> list[Message]:
     )
 
 
-def read_state(ticket_id: str) -> TicketState:
-    """Status, lease and (once finished) `done` id of a ticket, in one short read."""
+def read_state(ticket_id: str) -> TicketState | None:
+    """Status, lease and (once finished) `done` id of a ticket, in one short read; None once it
+    is deleted (with its conversation)."""
     with db.engine.connect() as conn:
         row = conn.execute(
             select(_tickets.c.status, _tickets.c.lease_expires_at, _tickets.c.last_seq).where(
                 _tickets.c.id == ticket_id
             )
-        ).one()
-    return TicketState(row.status, row.lease_expires_at, row.last_seq)
+        ).first()
+    return None if row is None else TicketState(row.status, row.lease_expires_at, row.last_seq)
 
 
 def claim_ticket(
@@ -291,6 +292,7 @@ def check_claims(
     for start in range(0, len(ticket_ids), 500):
         ids = ticket_ids[start : start + 500]
         rows = tx.execute(_SELECT_CLAIMS.format(sql.placeholders(len(ids))), ids).fetchall()
+        verdicts.update(dict.fromkeys(set(ids) - {row[0] for row in rows}, "lost"))  # deleted
         for ticket_id, status, claimed_by, cancel_requested in rows:
             if status != "running" or claimed_by != worker_id:
                 verdicts[ticket_id] = "lost"
@@ -437,6 +439,17 @@ def reap_if_expired(ticket_id: str) -> int | None:
         ticket_id, status="failed", expired_before=time.time(),
         error={"code": "worker_lost", "message": "The worker generating this answer stopped."},
     )
+
+
+def active_tickets(conversation_id: str) -> list[str]:
+    """The conversation's tickets that are pending or generating."""
+    with db.engine.connect() as conn:
+        return list(conn.execute(
+            select(_tickets.c.id).where(
+                _tickets.c.conversation_id == conversation_id,
+                _tickets.c.status.in_(("pending", "running")),
+            )
+        ).scalars())
 
 
 def delete_conversation(conversation: Conversation) -> None:

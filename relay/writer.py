@@ -106,6 +106,11 @@ class BatchWriter:
                 return
             try:
                 verdicts = self._commit(batch, renew, poll)
+            except self.engine.dialect.loaded_dbapi.IntegrityError:
+                # A ticket whose rows were deleted meanwhile (its conversation was): commit each
+                # ticket alone, so the chunks of the others are not held back with its own.
+                verdicts = self._commit_each(batch)
+                renew = poll = False
             except Exception:
                 for tid, rows in batch.items():
                     self._give_back(tid, rows)
@@ -150,6 +155,18 @@ class BatchWriter:
                 if tid not in verdicts:
                     rows.extend(tickets.event_rows(tid, events))
             tickets.insert_events(tx, rows)
+        return verdicts
+
+    def _commit_each(self, batch: dict[str, list[tickets.StoredEvent]]) -> dict[str, str]:
+        """Commit each ticket's rows in its own transaction; a ticket that is gone is `lost`."""
+        verdicts: dict[str, str] = {}
+        for tid, events in batch.items():
+            try:
+                with sql.Transaction(self.engine) as tx:
+                    tickets.insert_events(tx, tickets.event_rows(tid, events))
+            except self.engine.dialect.loaded_dbapi.IntegrityError:
+                log.warning("ticket %s is gone from the store; its producer stops", tid)
+                verdicts[tid] = "lost"
         return verdicts
 
     def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import gevent
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_migrate import upgrade
 
+from relay import MIGRATIONS_DIR, create_app, generation, tickets
 from relay.db import db
-from relay.models import Ticket
+from relay.models import Conversation, Ticket
 
 from .helpers import assert_error_shape
 
@@ -116,3 +123,39 @@ def test_new_turn_after_a_dead_worker_fails_its_ticket_and_goes_on(
     assert again.status_code == 201
     orphan = client.get(f"/tickets/{body['id']}").get_json()
     assert orphan["status"] == "failed" and orphan["error"]["code"] == "worker_lost"
+
+
+@pytest.fixture()
+def slow_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask]:
+    """The in-process app with a mock upstream that takes 2 ms a chunk."""
+    for name in ("DATABASE_URL", "REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    app = create_app({"INSTANCE_PATH": str(tmp_path), "MOCK_DELAY_MS": 2.0})
+    with app.app_context():
+        upgrade(directory=MIGRATIONS_DIR)
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def test_a_ticket_deleted_behind_its_producers_back_stops_it_and_not_the_others(
+    slow_app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Another host deleted the conversation and no cancel reached this producer (no Redis): its
+    # chunks no longer fit the store. It must stop, and the other streams' chunks, which share
+    # its batches, must go on being committed.
+    client = slow_app.test_client()
+    doomed = client.post("/new", json={"prompt": "d" * 8000}).get_json()  # 2,000 chunks, 4 s
+    doomed_stream = gevent.spawn(finish, client, doomed["id"])
+    while (live := generation.live_log(doomed["id"])) is None or live.visible < 5:
+        gevent.sleep(0.01)
+    with slow_app.app_context():
+        tickets.delete_conversation(db.session.get(Conversation, doomed["conversation_id"]))
+    other = client.post("/new", json={"prompt": "o" * 400}).get_json()
+    body = finish(client, other["id"]).decode()
+    assert body.count('data: {"delta"') == 100 and '"status": "completed"' in body
+    doomed_body = doomed_stream.get(timeout=10).decode()
+    assert doomed_body.rstrip().endswith('"finish_reason": "cancelled", "usage": {}}')
+    assert generation.live_log(doomed["id"]) is None
+    assert live.count < 1000  # its producer stopped, it did not generate the answer to its end
+    assert "batch write failed" not in caplog.text

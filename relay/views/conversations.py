@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 
 from .. import tickets
@@ -74,8 +74,13 @@ def rename_conversation(conversation_id: str) -> Response:
 
 @bp.delete("/conversations/<conversation_id>")
 def delete_conversation(conversation_id: str) -> tuple[str, int]:
-    """Delete a conversation, its messages and its tickets."""
+    """Delete a conversation, its messages and its tickets; an answer being generated is stopped
+    first (its upstream call closed)."""
     conversation = tickets.load_conversation(conversation_id, current_owner())
+    broker = current_app.extensions["relay"].broker
+    for ticket_id in tickets.active_tickets(conversation.id):
+        tickets.request_cancel(ticket_id)
+        broker.cancel(ticket_id)
     tickets.delete_conversation(conversation)
     return "", 204
 

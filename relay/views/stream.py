@@ -144,14 +144,19 @@ def _done_if_abandoned(
     """Reap a ticket whose worker died; resend `done` to a client whose id is already past it.
 
     Readers only ever see committed events, so a client can only be past `done` by sending an id
-    it never received; it gets `done` rather than a stream that never ends.
+    it never received; it gets `done` rather than a stream that never ends. A ticket deleted with
+    its conversation ends its readers' streams as cancelled.
     """
     with app.app_context():
         state = tickets.read_state(ticket_id)
-        expired = state.lease_expires_at is not None and state.lease_expires_at < time.time()
-        if state.status == "running" and expired and tickets.reap_if_expired(ticket_id):
+        expired = (state is not None and state.lease_expires_at is not None
+                   and state.lease_expires_at < time.time())
+        if expired and state.status == "running" and tickets.reap_if_expired(ticket_id):
             broker.notify(ticket_id)
             state = tickets.read_state(ticket_id)
+    if state is None:
+        payload = tickets.done_payload("cancelled", "cancelled", None, None)
+        return [sse.encode(payload, event="done", id=last_seen + 1)]
     if state.status in FINISHED_STATUSES and 0 < state.done_seq <= last_seen:
         return _stored_frames(app, ticket_id, state.done_seq - 1)[0]
     return []

@@ -243,6 +243,34 @@ def test_cancel_closes_the_upstream_call(client: httpx.Client, upstream: FakeUps
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
+def test_deleting_a_conversation_mid_answer_stops_it_and_ends_its_stream(
+    client: httpx.Client, upstream: FakeUpstream
+) -> None:
+    tag = marker()
+    ticket = new_ticket(client, f"{tag} " + "an answer nobody wants any more " * 40,
+                        model="echo:30")
+    received: list = []
+    reader = threading.Thread(target=lambda: received.extend(
+        read_stream(client, ticket["stream_url"])
+    ))
+    reader.start()
+    deadline = time.monotonic() + 10
+    while not upstream.calls_with(tag) or upstream.calls_with(tag)[0].chunks_sent < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert client.delete(f"/conversations/{ticket['conversation_id']}").status_code == 204
+    reader.join(10)
+    call = upstream.calls_with(tag)[0]
+    assert call.ended.wait(5) and call.disconnected and not call.completed
+    *deltas, done = received
+    assert done == (str(len(deltas) + 1), "done",
+                    {"status": "cancelled", "finish_reason": "cancelled", "usage": {}})
+    assert_error_shape(client.get(f"/tickets/{ticket['id']}"), 404, "ticket_not_found")
+    assert_error_shape(client.get(ticket["stream_url"]), 404, "ticket_not_found")
+    healthy = new_ticket(client, "still serving")
+    assert text_of(read_stream(client, healthy["stream_url"])) == "still serving"
+
+
 def test_cancel_before_streaming_ends_with_cancelled(client: httpx.Client) -> None:
     ticket = new_ticket(client, "never started")
     assert client.post(f"/sse/{ticket['id']}/cancel").json()["status"] == "cancelled"
