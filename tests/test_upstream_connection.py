@@ -1,4 +1,5 @@
-"""HTTP/1.1 framing of upstream responses and pooled connections, over real loopback sockets."""
+"""HTTP/1.1 framing of upstream responses and pooled connections, over real loopback sockets;
+the bounds on what an upstream may make relay hold."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from relay.upstream import UpstreamError
 from relay.upstream.connection import Connection, Endpoint, ProtocolError, Response
+from relay.upstream.openai_compat import _EventParser
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -202,3 +205,19 @@ def test_interim_responses_are_skipped(endpoint_to: Callable[[int], Endpoint]) -
     response = endpoint.post(b"{}")
     assert response.status == 200 and _body(response) == b"ok"
     endpoint.release(response)
+
+
+def test_a_chunk_size_line_without_its_end_is_a_protocol_error() -> None:
+    response = _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 2000)
+    with pytest.raises(ProtocolError, match="chunk size"):
+        _body(response)
+
+
+def test_an_event_without_its_end_is_refused_before_it_fills_the_memory() -> None:
+    parser = _EventParser()
+    first = parser.feed(b'data: {"choices": [{"delta": {"content": "ok"}}]}\n\n')
+    assert [delta.text for delta in first] == ["ok"]
+    with pytest.raises(UpstreamError) as error:
+        for _ in range(5):
+            list(parser.feed(b"data: " + b"x" * (1 << 20)))
+    assert error.value.code == "upstream_bad_response"

@@ -17,6 +17,7 @@ import gevent
 # gevent's recv allocates this much only once data is there; it still carries dozens of events.
 READ_SIZE = 4096
 _MAX_HEAD = 64 * 1024
+_MAX_CHUNK_LINE = 1024  # a chunk's size in hex, and any extensions
 _MAX_IDLE_CONNECTIONS = 256
 
 
@@ -134,6 +135,8 @@ class Response:
                 else:
                     line_end = pending.find(b"\n")
                     if line_end < 0:
+                        if len(pending) > _MAX_CHUNK_LINE:
+                            raise ProtocolError("a chunk size line without its end")
                         break
                     size = _chunk_size(pending[:line_end])
                     pending = pending[line_end + 1 :]

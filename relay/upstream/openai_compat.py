@@ -28,6 +28,9 @@ from .connection import Endpoint, ProtocolError, Response, UnreachableError
 log = logging.getLogger("relay.upstream")
 
 _MAX_ERROR_BODY = 64 * 1024
+# An event, the JSON of one chunk, is a few hundred bytes: far more without its blank line is an
+# upstream that is not sending server-sent events, and would otherwise fill the memory.
+_MAX_EVENT = 4 * 1024 * 1024
 
 
 class OpenAIUpstream:
@@ -163,6 +166,9 @@ class _EventParser:
             buffer = buffer[: len(buffer) - len(keep)].replace(b"\r\n", b"\n")
             buffer = buffer.replace(b"\r", b"\n") + keep
         *blocks, self._buffer = buffer.split(b"\n\n")
+        if len(self._buffer) > _MAX_EVENT:
+            raise UpstreamError("upstream_bad_response", "The upstream sent an event of more than "
+                                f"{_MAX_EVENT} bytes.")
         for block in blocks:
             data = _data_of(block)
             if data is not None and (text := self._parse(data)):
