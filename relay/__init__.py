@@ -14,6 +14,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
+from . import sql
 from .broker import Broker
 from .config import default_instance_path, load_config
 from .db import db, migrate, tune_sqlite
@@ -82,6 +83,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         engine = db.engine
     if engine.dialect.name == "sqlite":
         tune_sqlite(engine)
+        sql.keep_sqlite_connections(engine)
     app.extensions["relay"] = RelayState(
         config=config, upstream=build_upstream(config), broker=Broker(config["REDIS_URL"]),
         writer=BatchWriter(app, engine),
