@@ -106,8 +106,13 @@ def test_a_body_cut_short_is_a_connection_error(raw: bytes) -> None:
     assert not response.reusable
 
 
+class _Cut(bytes):
+    """An answer after which the server closes the connection."""
+
+
 class _Upstream:
-    """A loopback server answering each request with `answer(request)`, one thread a client."""
+    """A loopback server answering the n-th request with `answer(request, n)`, one thread a
+    client: None closes the connection without answering, a `_Cut` closes it after answering."""
 
     def __init__(self, answer: Callable[[bytes, int], bytes | None]) -> None:
         self.answer = answer
@@ -131,8 +136,10 @@ class _Upstream:
                 self.requests.append(request)
                 reply = self.answer(request, len(self.requests))
                 if reply is None:
-                    return  # close without answering
+                    return
                 client.sendall(reply)
+                if isinstance(reply, _Cut):
+                    return
 
 
 def _requests(client: socket.socket) -> Iterator[bytes]:
@@ -221,3 +228,21 @@ def test_an_event_without_its_end_is_refused_before_it_fills_the_memory() -> Non
         for _ in range(5):
             list(parser.feed(b"data: " + b"x" * (1 << 20)))
     assert error.value.code == "upstream_bad_response"
+
+
+def test_a_pooled_connection_that_broke_mid_answer_is_not_tried_again(
+    endpoint_to: Callable[[int], Endpoint],
+) -> None:
+    # The server began its answer, so it may have begun the work: sending the request again
+    # could pay for it twice.
+    upstream = _Upstream(
+        lambda request, n: _Cut(b"HTTP/1.1 200 OK\r\nContent-Le") if n == 2
+        else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    endpoint = endpoint_to(upstream.port)
+    response = endpoint.post(b"{}")
+    assert _body(response) == b"ok"
+    endpoint.release(response)
+    with pytest.raises(ConnectionError, match="mid-head"):
+        endpoint.post(b"{}")
+    assert len(upstream.requests) == 2

@@ -204,7 +204,7 @@ class Endpoint:
             conn = self._idle.pop()
             try:
                 return self._exchange(conn, request)
-            except (ConnectionError, _ClosedBeforeAnswer):
+            except _ClosedBeforeAnswer:
                 conn.close()  # closed while idle, before the server read the request
             except BaseException:
                 conn.close()
@@ -247,10 +247,10 @@ class Endpoint:
     def _exchange(self, conn: Connection, request: bytes) -> Response:
         conn.last_read = time.monotonic()
         self._watch(conn)
+        answered = False
         try:
             conn.send(request)
             received = b""
-            answered = False
             while True:
                 head_end = received.find(b"\r\n\r\n")
                 if head_end >= 0:
@@ -267,6 +267,11 @@ class Endpoint:
                     raise ConnectionError("the upstream closed the connection mid-head")
                 received += data
                 answered = True
+        except ConnectionError as exc:  # reset or broken pipe
+            self._active.discard(conn)
+            if not answered:
+                raise _ClosedBeforeAnswer from exc
+            raise
         except BaseException:
             self._active.discard(conn)
             raise
