@@ -205,14 +205,7 @@ def _title(text: str) -> str:
 
 def _settle_active_tickets(conversation_id: str) -> None:
     """Refuse a new turn while one is generating; cancel tickets that were never opened."""
-    with db.engine.connect() as conn:
-        active = conn.execute(
-            select(_tickets.c.id, _tickets.c.status, _tickets.c.lease_expires_at).where(
-                _tickets.c.conversation_id == conversation_id,
-                _tickets.c.status.in_(("pending", "running")),
-            )
-        ).all()
-    for ticket in active:
+    for ticket in active_tickets(conversation_id):
         expired = (ticket.lease_expires_at or 0) < time.time()
         if ticket.status == "running" and not (expired and reap_if_expired(ticket.id)):
             raise Conflict(
@@ -441,15 +434,15 @@ def reap_if_expired(ticket_id: str) -> int | None:
     )
 
 
-def active_tickets(conversation_id: str) -> list[str]:
-    """The conversation's tickets that are pending or generating."""
+def active_tickets(conversation_id: str) -> list[Any]:
+    """The conversation's pending and generating tickets: rows of id, status, lease."""
     with db.engine.connect() as conn:
         return list(conn.execute(
-            select(_tickets.c.id).where(
+            select(_tickets.c.id, _tickets.c.status, _tickets.c.lease_expires_at).where(
                 _tickets.c.conversation_id == conversation_id,
                 _tickets.c.status.in_(("pending", "running")),
             )
-        ).scalars())
+        ).all())
 
 
 def delete_conversation(conversation: Conversation) -> None:

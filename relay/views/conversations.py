@@ -78,9 +78,9 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
     first (its upstream call closed)."""
     conversation = tickets.load_conversation(conversation_id, current_owner())
     broker = current_app.extensions["relay"].broker
-    for ticket_id in tickets.active_tickets(conversation.id):
-        tickets.request_cancel(ticket_id)
-        broker.cancel(ticket_id)
+    for ticket in tickets.active_tickets(conversation.id):
+        tickets.request_cancel(ticket.id)
+        broker.cancel(ticket.id)
     tickets.delete_conversation(conversation)
     return "", 204
 
