@@ -160,13 +160,18 @@ class BatchWriter:
     def _commit_each(self, batch: dict[str, list[tickets.StoredEvent]]) -> dict[str, str]:
         """Commit each ticket's rows in its own transaction; a ticket that is gone is `lost`."""
         verdicts: dict[str, str] = {}
-        for tid, events in batch.items():
+        items = list(batch.items())
+        for index, (tid, events) in enumerate(items):
             try:
                 with sql.Transaction(self.engine) as tx:
                     tickets.insert_events(tx, tickets.event_rows(tid, events))
             except self.engine.dialect.loaded_dbapi.IntegrityError:
                 log.warning("ticket %s is gone from the store; its producer stops", tid)
                 verdicts[tid] = "lost"
+            except Exception:
+                for left, rows in items[index:]:  # not committed: retried at the next flush
+                    self._give_back(left, rows)
+                raise
         return verdicts
 
     def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:
