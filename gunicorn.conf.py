@@ -14,7 +14,57 @@ import multiprocessing
 import os
 
 import gevent
+from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker
+
+# A body write up to this size carries the response head in the same send.
+_COALESCE_BYTES = 64 * 1024
+
+
+def _send(sock, data):  # type: ignore[no-untyped-def]
+    """`sock.sendall(data)` in one send when the socket's buffer has room: gevent's sendall
+    asks the kernel for SO_SNDBUF first, one more system call for every frame of every stream."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+class CoalescingResponse(wsgi.Response):
+    """gunicorn's response, but the head goes out in one send with the first body bytes, and
+    each body write is one send.
+
+    gunicorn sends the head, then each body write, separately: two system calls and two passes
+    through the TCP stack for POST /new's answer and again for a stream's head and `retry:`.
+    A head with no body after it (HEAD, 204, an empty body) is sent alone.
+    """
+
+    _hold = False
+    _head = b""
+
+    def write(self, arg):  # type: ignore[no-untyped-def]
+        self._hold = not self.headers_sent and len(arg) <= _COALESCE_BYTES
+        try:
+            super().write(arg)
+        finally:
+            self._hold = False
+            if self._head:
+                head, self._head = self._head, b""
+                _send(self.sock, head)
+
+    def send_headers(self):  # type: ignore[no-untyped-def]
+        if not self._hold:
+            super().send_headers()
+        elif not self.headers_sent:
+            lines = self.default_headers()
+            lines.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])
+            self._head = ("%s\r\n" % "".join(lines)).encode("latin-1")
+            self.headers_sent = True
+
+    def _emit_body(self, data):  # type: ignore[no-untyped-def]
+        if self.chunked:
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        head, self._head = self._head, b""
+        _send(self.sock, head + data if head else data)
 
 
 class FairGeventWorker(GeventWorker):
@@ -26,6 +76,10 @@ class FairGeventWorker(GeventWorker):
     other connections wait unread (POST /new from 16 keep-alive clients: median 0.4 ms, p90
     20 ms, p99 60-100 ms, with the same throughput as fair scheduling).
     """
+
+    def init_process(self):  # type: ignore[no-untyped-def]
+        wsgi.Response = CoalescingResponse  # what wsgi.create() builds for each request
+        super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):  # type: ignore[no-untyped-def]
         super().handle_request(listener_name, req, sock, addr)

@@ -1,4 +1,5 @@
-"""The gunicorn worker itself: a busy keep-alive client cannot hold a worker while others wait."""
+"""The gunicorn worker itself: a busy keep-alive client cannot hold a worker while others wait,
+and every response is framed whole."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import socket
 from collections.abc import Callable
 
+import httpx
 import pytest
 
 from .fake_upstream import FakeUpstream
@@ -60,3 +62,29 @@ def test_pipelined_requests_do_not_starve_another_connection(
         except BlockingIOError:
             pass
         assert answered_first.count(b"HTTP/1.1 201") < PIPELINED // 2
+
+
+def test_every_kind_of_response_is_framed_whole_on_one_keep_alive_connection(
+    client: httpx.Client,
+) -> None:
+    # The worker sends a response's head with its first body bytes: a head with no body after
+    # it, a body too large to carry the head, and a chunked stream must each still arrive
+    # whole, or the next response on the same connection would not parse.
+    page = client.head("/")
+    assert page.status_code == 200 and int(page.headers["Content-Length"]) > 0
+    assert page.content == b""
+    prompt = "long " * 40_000  # a 200 KB conversation: far over what carries the head
+    created = client.post("/new", json={"prompt": prompt, "model": "status:500"})
+    assert created.status_code == 201
+    ticket = created.json()
+    conversation = client.get(f"/conversations/{ticket['conversation_id']}")
+    assert conversation.status_code == 200
+    assert conversation.json()["messages"][0]["content"] == prompt
+    short = client.post("/new", json={"prompt": "framed whole"}).json()
+    with client.stream("GET", short["stream_url"]) as stream:
+        raw = b"".join(stream.iter_bytes())
+    assert raw.startswith(b"retry:") and b"event: done" in raw and b'"completed"' in raw
+    done_id = int(raw.rsplit(b"id: ", 1)[1].split(b"\n", 1)[0])
+    ended = client.get(short["stream_url"], headers={"Last-Event-ID": str(done_id)})
+    assert ended.status_code == 204 and ended.content == b""
+    assert client.get("/healthz").status_code == 200
