@@ -41,7 +41,11 @@ class Connection:
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.sendall(data)
+            # One send when the buffer has room: gevent's sendall first asks the kernel for
+            # SO_SNDBUF, one more system call per request.
+            sent = self.sock.send(data)
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
         except OSError as exc:
             if self.silent:
                 raise TimeoutError("the upstream read nothing for too long") from exc
