@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .. import metrics, tickets
@@ -27,8 +27,9 @@ def new_ticket() -> Response:
     # What url_for("stream.stream") gives, without building a URL adapter on the hot path.
     stream_url = f"{request.script_root}/sse/{ticket.id}"
     payload = {"id": ticket.id, "stream_url": stream_url, "conversation_id": ticket.conversation_id}
-    body = json.dumps(payload)
-    return Response(body, 201, {"Location": stream_url}, mimetype="application/json")
+    return Response(
+        orjson.dumps(payload), 201, {"Location": stream_url}, mimetype="application/json"
+    )
 
 
 @bp.get("/tickets/<ticket_id>")
