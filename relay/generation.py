@@ -216,8 +216,6 @@ class Producer:
 
     def _append(self, delta: Delta) -> None:
         seq = self.log.count + 1
-        if seq == 1:
-            metrics.TIME_TO_FIRST_CHUNK.observe(time.monotonic() - self.started)
         data = orjson.dumps({"delta": delta.text})
         self.log.append(sse.encode_json(data, id=seq))
         self.pending.append((seq, "delta", data.decode()))
@@ -227,8 +225,10 @@ class Producer:
         if seq == 1:
             # Time to first token waits for one commit, never for a batch, nor for however
             # many chunks the upstream socket already holds: commit now, let readers send it.
+            first_chunk_after = time.monotonic() - self.started
             self.writer.commit_now(self.ticket_id)
             gevent.sleep(0)
+            metrics.TIME_TO_FIRST_CHUNK.observe(first_chunk_after)  # once the readers sent it
         else:
             self.writer.mark_dirty(self.ticket_id)
 
