@@ -72,6 +72,21 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
     assert response.reusable
 
 
+def test_chunked_body_split_anywhere_between_reads() -> None:
+    # What was received with the head, then the rest in the next read: every split point, so
+    # each piece of the framing (size line, payload, its CRLF, the last chunk) is cut once.
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+    body = b"5;x=y\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: t\r\n\r\n"
+    for split in range(len(body) + 1):
+        ours, theirs = socket.socketpair()
+        _opened.append(ours)
+        theirs.sendall(body[split:])
+        theirs.close()
+        response = Response(Connection(ours), head, body[:split])
+        assert _body(response) == b"hello 0123456789", split
+        assert response.reusable, split
+
+
 def test_http_1_0_without_keep_alive_is_not_reused() -> None:
     response = _response(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert _body(response) == b"ok"

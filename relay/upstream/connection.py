@@ -122,33 +122,36 @@ class Response:
 
     def _read_chunked(self) -> bytes:
         """Decode from all the bytes at hand: one recv often holds dozens of chunks, an event
-        each, and the caller wants them in one piece."""
-        pending, left = self._pending, self._left
+        each, and the caller wants them in one piece. Walked by offset: slicing off each chunk
+        copied the rest of the buffer, once per chunk."""
+        pending, left, at = self._pending, self._left, 0
         payload: list[bytes] = []
         while True:
-            while pending:
+            end = len(pending)
+            while at < end:
                 if left > 2:
-                    piece = pending[: left - 2]
-                    payload.append(piece)
-                    pending = pending[len(piece) :]
-                    left -= len(piece)
+                    take = min(left - 2, end - at)
+                    payload.append(pending[at : at + take])
+                    at += take
+                    left -= take
                 elif left:
-                    skipped = min(left, len(pending))
-                    pending = pending[skipped:]
+                    skipped = min(left, end - at)
+                    at += skipped
                     left -= skipped
                 else:
-                    line_end = pending.find(b"\n")
+                    line_end = pending.find(b"\n", at)
                     if line_end < 0:
-                        if len(pending) > _MAX_CHUNK_LINE:
+                        if end - at > _MAX_CHUNK_LINE:
                             raise ProtocolError("a chunk size line without its end")
                         break
-                    size = _chunk_size(pending[:line_end])
-                    pending = pending[line_end + 1 :]
+                    size = _chunk_size(pending[at:line_end])
+                    at = line_end + 1
                     if size == 0:
-                        self._skip_trailers(pending)
+                        self._skip_trailers(pending[at:])
                         self.complete, self._pending = True, b""
                         return b"".join(payload)
                     left = size + 2
+            pending, at = pending[at:], 0
             if payload:
                 self._pending, self._left = pending, left
                 return b"".join(payload)
