@@ -73,7 +73,8 @@ class Ticket(db.Model):
 
 
 class TicketEvent(db.Model):
-    """One streamed event; `data` is the JSON text sent in the event's `data:` field."""
+    """Streamed events: `done`, or a run of consecutive deltas (`seq` is the last one's id,
+    `data` their JSON texts joined by newlines, as `tickets.event_rows` writes them)."""
 
     __tablename__ = "ticket_events"
 

@@ -80,6 +80,12 @@ _LAST_POSITION = "SELECT COALESCE(MAX(position), -1) FROM messages WHERE convers
 StoredEvent = tuple[int, str, str]
 """(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
 
+# Consecutive deltas are stored as one row, a run: its `seq` is the id of the run's last event
+# and its `data` the events' JSON texts joined by newlines (JSON text has no raw line break). A
+# row per token was the largest single cost of relaying an answer. A row of one event is a run of
+# one, as every row was before runs.
+_MAX_RUN = 256
+
 
 @dataclass(frozen=True)
 class NewTicket:
@@ -379,8 +385,22 @@ def finish_ticket(
 
 
 def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[tuple[str, int, str, str]]:
-    """Rows for `insert_events`."""
-    return [(ticket_id, seq, kind, data) for seq, kind, data in events]
+    """Rows for `insert_events`: each run of consecutive deltas in one row, `done` in its own."""
+    rows: list[tuple[str, int, str, str]] = []
+    run: list[str] = []
+    last = 0
+    for seq, kind, data in events:
+        if run and (kind != "delta" or seq != last + 1 or len(run) >= _MAX_RUN):
+            rows.append((ticket_id, last, "delta", "\n".join(run)))
+            run = []
+        if kind == "delta":
+            run.append(data)
+        else:
+            rows.append((ticket_id, seq, kind, data))
+        last = seq
+    if run:
+        rows.append((ticket_id, last, "delta", "\n".join(run)))
+    return rows
 
 
 def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
@@ -391,7 +411,18 @@ def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
             .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
             .order_by(_events.c.seq)
         ).all()
-    return [(row.seq, row.kind, row.data) for row in rows]
+    events: list[StoredEvent] = []
+    for last, kind, data in rows:
+        if kind != "delta":
+            events.append((last, kind, data))
+            continue
+        texts = data.split("\n")
+        first = last - len(texts) + 1
+        events.extend(
+            (first + index, kind, texts[index])
+            for index in range(max(0, after_seq + 1 - first), len(texts))
+        )
+    return events
 
 
 def _last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
@@ -400,7 +431,7 @@ def _last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
 
 def _stored_text(tx: sql.Transaction, ticket_id: str) -> str:
     rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()
-    return "".join(orjson.loads(row[0])["delta"] for row in rows)
+    return "".join(orjson.loads(text)["delta"] for row in rows for text in row[0].split("\n"))
 
 
 def ticket_progress(ticket_id: str) -> tuple[str, int]:
