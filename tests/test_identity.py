@@ -47,3 +47,17 @@ def test_old_format_cookie_keeps_its_owner_and_is_replaced(app: Flask) -> None:
     assert conversations(client) == [created.get_json()["conversation_id"]]
     stranger = app.test_client()
     assert conversations(stranger) == []
+
+
+def test_a_cookie_verified_once_is_still_the_only_one_that_passes(client: FlaskClient) -> None:
+    created = client.post("/new", json={"prompt": "mine"}).get_json()
+    cookie = client.get_cookie(COOKIE)
+    assert cookie is not None
+    assert conversations(client) == [created["conversation_id"]]  # verified, and remembered
+    assert conversations(client) == [created["conversation_id"]]  # served from memory
+    owner, _, signature = cookie.value.rpartition(".")
+    client.set_cookie(COOKIE, owner + "." + signature[:-2] + "AA")
+    assert conversations(client) == []
+    client.set_cookie(COOKIE, cookie.value)
+    client.set_cookie("theme", "dark")  # another cookie: another header, checked again
+    assert conversations(client) == [created["conversation_id"]]
