@@ -36,17 +36,34 @@ _local_readers: Counter[str] = Counter()
 class _StreamSettings:
     heartbeat: float
     poll: float
-    retry_ms: int
+    retry_frame: bytes
     cancel_on_disconnect: bool
     disconnect_grace: float
+
+
+_SETTINGS_KEY = "relay.stream_settings"
+
+
+def _stream_settings(app: Flask) -> _StreamSettings:
+    """The app's stream settings, made on its first stream and kept in its extensions."""
+    config = app.config
+    settings = app.extensions[_SETTINGS_KEY] = _StreamSettings(
+        heartbeat=config["HEARTBEAT_SECONDS"],
+        poll=config["POLL_MS"] / 1000.0,
+        retry_frame=sse.encode(retry=config["RETRY_MS"]),
+        cancel_on_disconnect=config["CANCEL_ON_DISCONNECT"],
+        disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
+    )
+    return settings
 
 
 @bp.get("/sse/<ticket_id>")
 def stream(ticket_id: str) -> Response:
     """Stream a ticket's events after the client's Last-Event-ID, starting generation once."""
     owner = current_owner()
-    raw_last = request.headers.get("Last-Event-ID")
-    if raw_last is None or raw_last.strip() == "":
+    environ = request.environ  # not request.headers and request.args: both are built on use
+    raw_last = environ.get("HTTP_LAST_EVENT_ID")
+    if (raw_last is None or raw_last.strip() == "") and environ.get("QUERY_STRING"):
         raw_last = request.args.get("last_event_id")
     try:
         last_seen = sse.parse_last_event_id(raw_last) or 0
@@ -68,13 +85,7 @@ def stream(ticket_id: str) -> Response:
                 return Response(status=204)
             # An id past `done` was never sent by relay; answer `done`, not an endless stream.
             last_seen = min(last_seen, ticket.last_seq - 1)
-    settings = _StreamSettings(
-        heartbeat=config["HEARTBEAT_SECONDS"],
-        poll=config["POLL_MS"] / 1000.0,
-        retry_ms=config["RETRY_MS"],
-        cancel_on_disconnect=config["CANCEL_ON_DISCONNECT"],
-        disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
-    )
+    settings = app.extensions.get(_SETTINGS_KEY) or _stream_settings(app)
     body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
@@ -91,7 +102,7 @@ def _event_stream(
     metrics.STREAMS_OPEN.inc()
     broker.watch(ticket_id)
     try:
-        yield sse.encode(retry=settings.retry_ms)
+        yield settings.retry_frame
         last_write = time.monotonic()
         live: generation.LiveLog | None = None
         while True:
