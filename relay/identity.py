@@ -99,7 +99,10 @@ class IdentityCookie(SecureCookieSessionInterface):
             self._remember(app, f"{self.get_cookie_name(app)}={value}", session["uid"])
         else:
             response.set_cookie(self.get_cookie_name(app), value, **self._cookie_options(app))
-        response.vary.add("Cookie")
+        if "Vary" in response.headers:
+            response.vary.add("Cookie")
+        else:
+            response.headers["Vary"] = "Cookie"  # what vary.add writes, without its header set
 
     def _cookie_template(self, app: Flask) -> str:
         """`name={}; Expires=...; HttpOnly; ...` as werkzeug writes it, made at most once a

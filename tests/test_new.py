@@ -23,6 +23,8 @@ def test_new_returns_ticket_and_sets_an_httponly_cookie(client: FlaskClient) -> 
     assert response.headers["Location"] == body["stream_url"]
     cookie = response.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert cookie.startswith("relay_session=anon:") and "; Expires=" in cookie
+    assert response.headers.getlist("Vary") == ["Cookie"]  # a cache must not share the answer
 
 
 def test_ids_are_unique_and_url_safe(client: FlaskClient) -> None:
