@@ -218,9 +218,7 @@ class Endpoint:
         it was idle (before reading the request) is dropped and the request sent again."""
         while True:
             try:
-                response = self._read_head(sent)
-                sent.request = b""  # answered: never sent again, and a prompt can be large
-                return response
+                return self._read_head(sent)
             except _ClosedBeforeAnswer:
                 sent.conn.close()
                 if not sent.pooled:

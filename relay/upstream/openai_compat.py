@@ -108,7 +108,6 @@ class OpenAIUpstream:
                 endpoint = self.endpoint
                 sent = endpoint.send(body)
                 failure: Exception | None = None
-                del body  # held by `sent` until answered, and no longer
             except Exception as exc:
                 failure = exc
             yield None  # sent (or failed): what follows runs in the reader's first next()
