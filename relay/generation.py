@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,19 +102,13 @@ def live_log(ticket_id: str) -> LiveLog | None:
 
 
 def start_generation(app: Flask, ticket_id: str, request: dict[str, Any]) -> None:
-    """Start the producer of a ticket this worker has just claimed.
-
-    The upstream request is sent here, by the caller: the upstream works on it while the stream's
-    response headers are written, and no turn of the event loop is needed first.
-    """
+    """Start the producer of a ticket this worker has just claimed."""
     producer = Producer(app, ticket_id, ChatRequest.from_stored(request))
     _producers[ticket_id] = producer
-    producer.writer.register(producer)
-    producer.broker.on_cancel(ticket_id, lambda: producer.stop("cancelled"))
-    try:
-        producer.chunks = producer.upstream.stream(producer.request)
-    finally:  # whatever happened, the producer runs and writes the ticket's `done`
-        producer.greenlet = gevent.spawn(producer.run)
+    producer.greenlet = gevent.spawn(producer.run)
+    # Let it send its upstream request at once: the upstream works on it while the stream's
+    # response headers are written (time to first token 0.96 -> 0.87 ms).
+    gevent.sleep(0)
 
 
 def stop_all(reason: str) -> None:
@@ -128,7 +121,7 @@ def stop_all(reason: str) -> None:
 
 class Producer:
     __slots__ = ("app", "ticket_id", "request", "upstream", "broker", "writer", "log", "pending",
-                 "text_parts", "chunks", "greenlet", "waiting", "stop_reason", "started")
+                 "text_parts", "greenlet", "waiting", "stop_reason", "started")
 
     def __init__(self, app: Flask, ticket_id: str, request: ChatRequest) -> None:
         self.app = app
@@ -141,7 +134,6 @@ class Producer:
         self.log = LiveLog()
         self.pending: list[tickets.StoredEvent] = []
         self.text_parts: list[str] = []
-        self.chunks: Iterator[Delta | Finish] = iter(())  # the upstream's answer, once sent
         self.greenlet: gevent.Greenlet | None = None
         self.waiting = False  # on the upstream, the one place Stop may be raised
         self.stop_reason: str | None = None
@@ -169,6 +161,8 @@ class Producer:
             self.greenlet.throw(Stop(self.stop_reason or "stopped"))
 
     def run(self) -> None:
+        self.writer.register(self)
+        self.broker.on_cancel(self.ticket_id, lambda: self.stop("cancelled"))
         try:
             outcome = self._stream()
         finally:
@@ -189,7 +183,7 @@ class Producer:
             )
 
     def _stream(self) -> dict[str, Any]:
-        chunks = self.chunks
+        chunks = self.upstream.stream(self.request)
         try:
             while True:
                 if self.stop_reason is not None:

@@ -48,11 +48,7 @@ class UpstreamError(Exception):
 
 
 class Upstream(Protocol):
-    """A source of chat completions. Closing the iterator must close the upstream call.
-
-    `stream` may send the request before it returns (the caller's greenlet does the sending);
-    every failure, sending included, is raised by the iterator.
-    """
+    """A source of chat completions. Closing the iterator must close the upstream call."""
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]: ...
 

@@ -204,31 +204,27 @@ class Endpoint:
         self._watchdog: gevent.Greenlet | None = None
 
     def post(self, body: bytes) -> Response:
-        """`answer(send(body))`."""
-        return self.answer(self.send(body))
-
-    def send(self, body: bytes) -> Sent:
-        """Send the request now, on an idle pooled connection, else on a new one."""
-        sent = Sent(self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        self._send_on(sent)
-        return sent
-
-    def answer(self, sent: Sent) -> Response:
-        """The response once its head has arrived. A pooled connection the server closed while
-        it was idle (before reading the request) is dropped and the request sent again."""
-        while True:
+        """Send the request on an idle pooled connection (one the server closed meanwhile is
+        dropped), else on a new one; return the response once its head has arrived."""
+        request = self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        while self._idle:
+            conn = self._idle.pop()
             try:
-                return self._read_head(sent)
+                return self._exchange(conn, request)
             except _ClosedBeforeAnswer:
-                sent.conn.close()
-                if not sent.pooled:
-                    raise ConnectionError(
-                        "the upstream closed the connection without answering"
-                    ) from None
-                self._send_on(sent)
+                conn.close()  # closed while idle, before the server read the request
             except BaseException:
-                sent.conn.close()
+                conn.close()
                 raise
+        conn = self._connect()
+        try:
+            return self._exchange(conn, request)
+        except _ClosedBeforeAnswer:
+            conn.close()
+            raise ConnectionError("the upstream closed the connection without answering") from None
+        except BaseException:
+            conn.close()
+            raise
 
     def release(self, response: Response) -> None:
         """The exchange is over: keep its connection for the next request if it can be reused."""
@@ -238,11 +234,6 @@ class Endpoint:
             self._idle.append(conn)
         else:
             conn.close()
-
-    def abandon(self, sent: Sent) -> None:
-        """The request's answer will not be read: close its connection."""
-        self._active.discard(sent.conn)
-        sent.conn.close()
 
     def close_idle(self) -> None:
         """Close the pooled idle connections."""
@@ -260,27 +251,12 @@ class Endpoint:
         sock.settimeout(None)  # silence is the watchdog's to judge
         return Connection(sock)
 
-    def _send_on(self, sent: Sent) -> None:
-        sent.pooled = bool(self._idle)
-        conn = sent.conn = self._idle.pop() if self._idle else self._connect()
+    def _exchange(self, conn: Connection, request: bytes) -> Response:
         conn.last_read = time.monotonic()
         self._watch(conn)
-        try:
-            conn.send(sent.request)
-            sent.failed = None
-        except ConnectionError as exc:  # reset or broken pipe: the server never read it
-            sent.failed = exc
-        except BaseException:
-            self._active.discard(conn)
-            conn.close()
-            raise
-
-    def _read_head(self, sent: Sent) -> Response:
-        conn = sent.conn
         answered = False
         try:
-            if sent.failed is not None:
-                raise sent.failed
+            conn.send(request)
             received = b""
             while True:
                 head_end = received.find(b"\r\n\r\n")
@@ -324,18 +300,6 @@ class Endpoint:
                 self._active.discard(conn)
                 conn.close()
         self._watchdog = None
-
-
-class Sent:
-    """A request on its way: the connection it went out on, and how that went."""
-
-    __slots__ = ("request", "conn", "pooled", "failed")
-
-    def __init__(self, request: bytes) -> None:
-        self.request = request
-        self.conn: Connection
-        self.pooled = False
-        self.failed: ConnectionError | None = None
 
 
 class _ClosedBeforeAnswer(Exception):

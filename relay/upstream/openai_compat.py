@@ -23,7 +23,7 @@ import openai
 import orjson
 
 from .base import ChatRequest, Delta, Finish, UpstreamError
-from .connection import Endpoint, ProtocolError, Response, Sent, UnreachableError
+from .connection import Endpoint, ProtocolError, Response, UnreachableError
 
 log = logging.getLogger("relay.upstream")
 
@@ -81,11 +81,6 @@ class OpenAIUpstream:
         return self._models
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
-        """Send the request now, in the caller's greenlet; the iterator reads the answer.
-
-        The request goes out before the caller goes on (a stream's view writes its headers
-        meanwhile), and a failure to send is raised by the iterator, like every other.
-        """
         params: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
@@ -96,25 +91,10 @@ class OpenAIUpstream:
             params["temperature"] = request.temperature
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
-        answer = self._answer(orjson.dumps(params))
-        next(answer)  # runs to just after the send
-        return answer
-
-    def _answer(self, body: bytes) -> Iterator[Any]:
-        sent: Sent | None = None
+        endpoint = self.endpoint
         response: Response | None = None
         try:
-            try:
-                endpoint = self.endpoint
-                sent = endpoint.send(body)
-                failure: Exception | None = None
-            except Exception as exc:
-                failure = exc
-            yield None  # sent (or failed): what follows runs in the reader's first next()
-            if failure is not None:
-                raise failure
-            assert sent is not None
-            response = endpoint.answer(sent)
+            response = endpoint.post(orjson.dumps(params))
             if response.status >= 400:
                 raise _status_error(response.status, _error_body(response))
             # The body is read to its end, past [DONE], so the connection can be reused; the
@@ -141,8 +121,6 @@ class OpenAIUpstream:
         finally:
             if response is not None:
                 endpoint.release(response)
-            elif sent is not None:
-                endpoint.abandon(sent)
 
 
 def _endpoint(client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> Endpoint:
