@@ -78,7 +78,10 @@ class FairGeventWorker(GeventWorker):
     """
 
     def init_process(self):  # type: ignore[no-untyped-def]
-        wsgi.Response = CoalescingResponse  # what wsgi.create() builds for each request
+        # What wsgi.create() builds for each request; only where the body goes out through
+        # _emit_body (gunicorn 27), or a body could be sent ahead of its head.
+        if hasattr(wsgi.Response, "_emit_body"):
+            wsgi.Response = CoalescingResponse
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):  # type: ignore[no-untyped-def]
