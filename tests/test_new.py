@@ -128,3 +128,12 @@ def test_unknown_or_malformed_ticket_ids_are_404(client: FlaskClient, ticket_id:
     for path in (f"/sse/{ticket_id}", f"/tickets/{ticket_id}"):
         assert_error_shape(client.get(path), 404, "ticket_not_found")
     assert_error_shape(client.post(f"/sse/{ticket_id}/cancel"), 404, "ticket_not_found")
+
+
+def test_location_is_a_uri_under_any_mount_point(client: FlaskClient) -> None:
+    plain = post_json(client, {"prompt": "hi"})
+    assert plain.headers["Location"] == plain.get_json()["stream_url"]
+    mounted = client.post("/new", json={"prompt": "hi"}, base_url="http://localhost/relä")
+    assert mounted.status_code == 201
+    ticket_id = mounted.get_json()["id"]
+    assert mounted.headers["Location"] == f"/rel%C3%A4/sse/{ticket_id}"
