@@ -42,7 +42,10 @@ class CoalescingResponse(wsgi.Response):
     _head = b""
 
     def write(self, arg):  # type: ignore[no-untyped-def]
-        self._hold = not self.headers_sent and len(arg) <= _COALESCE_BYTES
+        if self.headers_sent:  # every write after the first: one frame, one send
+            super().write(arg)
+            return
+        self._hold = len(arg) <= _COALESCE_BYTES
         try:
             super().write(arg)
         finally:

@@ -46,6 +46,9 @@ _SETTINGS_KEY = "relay.stream_settings"
 
 def _stream_settings(app: Flask) -> _StreamSettings:
     """The app's stream settings, made on its first stream and kept in its extensions."""
+    settings: _StreamSettings | None = app.extensions.get(_SETTINGS_KEY)
+    if settings is not None:
+        return settings
     config = app.config
     settings = app.extensions[_SETTINGS_KEY] = _StreamSettings(
         heartbeat=config["HEARTBEAT_SECONDS"],
@@ -85,7 +88,7 @@ def stream(ticket_id: str) -> Response:
                 return Response(status=204)
             # An id past `done` was never sent by relay; answer `done`, not an endless stream.
             last_seen = min(last_seen, ticket.last_seq - 1)
-    settings = app.extensions.get(_SETTINGS_KEY) or _stream_settings(app)
+    settings = _stream_settings(app)
     body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
