@@ -15,6 +15,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from . import sql
+from .application import RelayFlask
 from .broker import Broker
 from .config import default_instance_path, load_config
 from .db import db, migrate, tune_sqlite
@@ -51,7 +52,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     instance_path = os.path.abspath(config["INSTANCE_PATH"] or default_instance_path())
     os.makedirs(instance_path, exist_ok=True)
 
-    app = Flask(__name__, instance_path=instance_path, static_folder=None)
+    app = RelayFlask(__name__, instance_path=instance_path, static_folder=None)
     app.json = _JSONProvider(app)
     app.config.update(config)
     app.config.update(

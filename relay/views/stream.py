@@ -18,6 +18,7 @@ import gevent
 from flask import Blueprint, Flask, Response, current_app, request
 
 from .. import generation, metrics, sse, tickets
+from ..application import PreparedResponse
 from ..broker import Broker
 from ..errors import InvalidRequest
 from ..identity import current_owner
@@ -92,7 +93,7 @@ def stream(ticket_id: str) -> Response:
     body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
-    return Response(
+    return PreparedResponse(
         body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS,
         direct_passthrough=True,
     )
