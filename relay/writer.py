@@ -79,9 +79,13 @@ class BatchWriter:
 
     def _run(self) -> None:
         last_flush = 0.0
-        while self._producers or self._dirty:
+        while True:
             self._wake.wait(timeout=self.idle_seconds)
             self._wake.clear()
+            if not (self._producers or self._dirty):
+                # Ends at a wake that finds no producer, not when the last one goes: a worker
+                # serving one stream after another keeps one loop, not one started per stream.
+                break
             deadline = last_flush + self.flush_seconds
             if self._dirty and time.monotonic() < deadline:
                 gevent.sleep(deadline - time.monotonic())
