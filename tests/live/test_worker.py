@@ -88,3 +88,42 @@ def test_every_kind_of_response_is_framed_whole_on_one_keep_alive_connection(
     ended = client.get(short["stream_url"], headers={"Last-Event-ID": str(done_id)})
     assert ended.status_code == 204 and ended.content == b""
     assert client.get("/healthz").status_code == 200
+
+
+def _raw_post_new(port: int, framing: str, body: bytes) -> bytes:
+    """POST /new with the body framed by `framing`: a Content-Length or chunked; the head back."""
+    if framing == "chunked":
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                          for part in (body[: len(body) // 2], body[len(body) // 2 :]))
+        head = b"Transfer-Encoding: chunked\r\n\r\n"
+        payload = framed + b"0\r\n\r\n"
+    else:
+        head, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /new HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+                     + head + payload)
+        return _read_response(sock)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_is_read_whole_under_the_limit_and_refused_over_it(
+    start_relay: Callable[..., RelayServer], framing: str
+) -> None:
+    # A declared length is read straight from the worker's input; a chunked body goes through
+    # werkzeug's guarded stream. Both must give the prompt, and 413 once over the limit.
+    relay = start_relay({"RELAY_MAX_PROMPT_BYTES": "4096"}, workers=1)
+    prompt = "p" * 3000
+    head = _raw_post_new(relay.port, framing, json.dumps({"prompt": prompt}).encode())
+    assert head.startswith(b"HTTP/1.1 201"), head
+    ticket_path = head.split(b"Location: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    cookie = head.split(b"Set-Cookie: ", 1)[1].split(b";", 1)[0].decode()
+    ticket = httpx.get(f"http://127.0.0.1:{relay.port}/tickets/{ticket_path.rsplit('/', 1)[1]}",
+                       headers={"Cookie": cookie}, timeout=30)
+    conversation = httpx.get(
+        f"http://127.0.0.1:{relay.port}/conversations/{ticket.json()['conversation_id']}",
+        headers={"Cookie": cookie}, timeout=30,
+    )
+    assert conversation.json()["messages"][0]["content"] == prompt
+    too_big = _raw_post_new(relay.port, framing, json.dumps({"prompt": "p" * 5000}).encode())
+    assert too_big.startswith(b"HTTP/1.1 413"), too_big
+    assert httpx.get(f"http://127.0.0.1:{relay.port}/healthz", timeout=30).status_code == 200
