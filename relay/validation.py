@@ -61,7 +61,7 @@ def _body_bytes(request: Request) -> bytes:
             raise RequestEntityTooLarge()
         return bytes(environ["wsgi.input"].read(length))
     if "wsgi.input_terminated" not in environ:
-        return request.get_data(cache=False)  # a length the server does not end: werkzeug's b""
+        return request.get_data(cache=False)  # no length, no end: werkzeug reads nothing
     stream = environ["wsgi.input"]
     body = bytes(stream.read() if limit is None else stream.read(limit + 1))
     if limit is not None and len(body) > limit:

@@ -69,10 +69,11 @@ class BatchWriter:
             self._wake.set()
 
     def commit_now(self, ticket_id: str) -> None:
-        """Commit a producer's pending chunks now (with every other producer's)."""
+        """Commit a producer's pending chunks now (with every other producer's); the lease
+        renewal and cancel poll wait for the loop's next flush, off the first token's path."""
         self._dirty.add(ticket_id)
         try:
-            self.flush()
+            self.flush(maintenance=False)
         except Exception:  # the chunks stay pending; the writer's loop retries them
             log.exception("committing a first chunk failed; retrying at the next flush")
             self._wake.set()
@@ -97,15 +98,16 @@ class BatchWriter:
                 log.exception("batch write failed; retrying at the next flush")
         self._loop = None
 
-    def flush(self) -> None:
-        """Commit every pending chunk, stop producers whose claim was cancelled or lost."""
+    def flush(self, maintenance: bool = True) -> None:
+        """Commit every pending chunk; with `maintenance`, renew the leases and poll the cancel
+        flags when due, and stop producers whose claim was cancelled or lost."""
         with self.lock:
             batch = {tid: self._producers[tid].take_pending() for tid in self._dirty
                      if tid in self._producers}
             self._dirty.clear()
             now = time.monotonic()
-            renew = now >= self._renew_at
-            poll = self.poll_cancels and now >= self._poll_at
+            renew = maintenance and now >= self._renew_at
+            poll = maintenance and self.poll_cancels and now >= self._poll_at
             if not (batch or renew or poll):
                 return
             try:
