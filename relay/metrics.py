@@ -7,7 +7,10 @@ gunicorn starts, so every worker writes its samples there and `/metrics` sums th
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+import gevent
+import gevent.monkey
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -31,6 +34,19 @@ TIME_TO_FIRST_CHUNK = Histogram(
     "Time from the start of generation to the upstream's first chunk.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+
+
+def soon(update: Callable[[], object]) -> None:
+    """Make a metric update at the event loop's next turn in a gevent worker, else at once.
+
+    A sample in multiprocess mode took 30-50 µs on a cold cache (a gevent lock, a getpid, a
+    write to the shared file), on the path of `POST /new`'s answer and of a stream's first
+    token; the worker takes it once it waits for I/O. Updates run in the order they were made.
+    """
+    if gevent.monkey.is_module_patched("socket"):
+        gevent.get_hub().loop.run_callback(update)
+    else:
+        update()
 
 
 def render() -> tuple[bytes, str]:

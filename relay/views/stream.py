@@ -103,7 +103,7 @@ def _event_stream(
     app: Flask, broker: Broker, ticket_id: str, last_seen: int, settings: _StreamSettings
 ) -> Iterator[bytes]:
     _local_readers[ticket_id] += 1
-    metrics.STREAMS_OPEN.inc()
+    metrics.soon(metrics.STREAMS_OPEN.inc)
     broker.watch(ticket_id)
     try:
         yield settings.retry_frame
@@ -138,7 +138,7 @@ def _event_stream(
                     return
     finally:
         broker.unwatch(ticket_id)
-        metrics.STREAMS_OPEN.dec()
+        metrics.soon(metrics.STREAMS_OPEN.dec)
         _reader_left(app, broker, ticket_id, settings)
 
 
