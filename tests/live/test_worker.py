@@ -90,7 +90,9 @@ def test_every_kind_of_response_is_framed_whole_on_one_keep_alive_connection(
     assert client.get("/healthz").status_code == 200
 
 
-def _raw_post_new(port: int, framing: str, body: bytes) -> bytes:
+def _raw_post_new(
+    port: int, framing: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
     """POST /new with the body framed by `framing`: a Content-Length or chunked; the head back."""
     if framing == "chunked":
         framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
@@ -100,20 +102,28 @@ def _raw_post_new(port: int, framing: str, body: bytes) -> bytes:
     else:
         head, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /new HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
-                     + head + payload)
+        sock.sendall(b"POST /new HTTP/1.1\r\nHost: relay\r\nContent-Type: %s\r\n%s%s"
+                     % (content_type.encode(), head, payload))
         return _read_response(sock)
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_is_read_whole_under_the_limit_and_refused_over_it(
-    start_relay: Callable[..., RelayServer], framing: str
+    start_relay: Callable[..., RelayServer], framing: str, content_type: str
 ) -> None:
-    # A declared length is read straight from the worker's input; a chunked body goes through
-    # werkzeug's guarded stream. Both must give the prompt, and 413 once over the limit.
+    # A declared length is read straight from the worker's input; werkzeug's guarded stream
+    # stopped a chunked body at the limit without a word. Both framings, as JSON or as a form,
+    # must store the whole prompt, and answer 413 once over the limit (never a cut prompt).
     relay = start_relay({"RELAY_MAX_PROMPT_BYTES": "4096"}, workers=1)
+
+    def encode(prompt: str) -> bytes:
+        if content_type == "application/json":
+            return json.dumps({"prompt": prompt}).encode()
+        return b"prompt=" + prompt.encode()
+
     prompt = "p" * 3000
-    head = _raw_post_new(relay.port, framing, json.dumps({"prompt": prompt}).encode())
+    head = _raw_post_new(relay.port, framing, encode(prompt), content_type)
     assert head.startswith(b"HTTP/1.1 201"), head
     ticket_path = head.split(b"Location: ", 1)[1].split(b"\r\n", 1)[0].decode()
     cookie = head.split(b"Set-Cookie: ", 1)[1].split(b";", 1)[0].decode()
@@ -124,6 +134,6 @@ def test_a_body_is_read_whole_under_the_limit_and_refused_over_it(
         headers={"Cookie": cookie}, timeout=30,
     )
     assert conversation.json()["messages"][0]["content"] == prompt
-    too_big = _raw_post_new(relay.port, framing, json.dumps({"prompt": "p" * 5000}).encode())
+    too_big = _raw_post_new(relay.port, framing, encode("p" * 5000), content_type)
     assert too_big.startswith(b"HTTP/1.1 413"), too_big
     assert httpx.get(f"http://127.0.0.1:{relay.port}/healthz", timeout=30).status_code == 200
