@@ -71,12 +71,11 @@ def _body_bytes(request: Request) -> bytes:
 
 
 def _form_body(request: Request) -> dict[str, Any]:
+    # Parsed from the body as _body_bytes reads it (413 over the limit): werkzeug's form parser
+    # would read a chunked body through the stream that stops at the limit without a word.
+    raw = _body_bytes(request)
     environ = request.environ
-    if get_content_length(environ) is None and "wsgi.input_terminated" in environ:
-        # werkzeug's form parser would read a chunked body through the stream that stops at
-        # the limit without a word: read it whole first (413 over the limit), then parse that.
-        raw = _body_bytes(request)
-        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
     body: dict[str, Any] = dict(request.form.items())
     for name, cast in (("temperature", float), ("max_tokens", int)):
         if name in body:
