@@ -106,8 +106,9 @@ def start_generation(app: Flask, ticket_id: str, request: dict[str, Any]) -> Non
     producer = Producer(app, ticket_id, ChatRequest.from_stored(request))
     _producers[ticket_id] = producer
     producer.greenlet = gevent.spawn(producer.run)
-    # Let it send its upstream request at once: the upstream works on it while the stream's
-    # response headers are written (time to first token 0.96 -> 0.87 ms).
+    # The upstream already works on the request (sent as the producer was made, on an idle
+    # pooled connection): let the producer start waiting for the answer while the stream's
+    # response headers are written.
     gevent.sleep(0)
 
 
@@ -120,15 +121,16 @@ def stop_all(reason: str) -> None:
 
 
 class Producer:
-    __slots__ = ("app", "ticket_id", "request", "upstream", "broker", "writer", "log", "pending",
+    __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started")
 
     def __init__(self, app: Flask, ticket_id: str, request: ChatRequest) -> None:
         self.app = app
         self.ticket_id = ticket_id
-        self.request = request
         state = app.extensions["relay"]
         self.upstream: Upstream = state.upstream
+        # Made in the claiming request's greenlet, which may send the request at once.
+        self.chunks = self.upstream.stream(request)
         self.broker: Broker = state.broker
         self.writer: BatchWriter = state.writer
         self.log = LiveLog()
@@ -183,7 +185,7 @@ class Producer:
             )
 
     def _stream(self) -> dict[str, Any]:
-        chunks = self.upstream.stream(self.request)
+        chunks = self.chunks
         try:
             while True:
                 if self.stop_reason is not None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from relay.upstream import UpstreamError
+from relay.upstream import ChatRequest, UpstreamError
 from relay.upstream.connection import Connection, Endpoint, ProtocolError, Response
-from relay.upstream.openai_compat import _EventParser
+from relay.upstream.openai_compat import OpenAIUpstream, _EventParser
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -132,6 +133,7 @@ class _Upstream:
     def __init__(self, answer: Callable[[bytes, int], bytes | None]) -> None:
         self.answer = answer
         self.requests: list[bytes] = []
+        self.hangups = 0  # connections the client closed
         self.listener = socket.create_server(("127.0.0.1", 0))
         _opened.append(self.listener)
         self.port = self.listener.getsockname()[1]
@@ -147,14 +149,18 @@ class _Upstream:
 
     def _serve(self, client: socket.socket) -> None:
         with client:
-            for request in _requests(client):
-                self.requests.append(request)
-                reply = self.answer(request, len(self.requests))
-                if reply is None:
-                    return
-                client.sendall(reply)
-                if isinstance(reply, _Cut):
-                    return
+            try:
+                for request in _requests(client):
+                    self.requests.append(request)
+                    reply = self.answer(request, len(self.requests))
+                    if reply is None:
+                        return
+                    client.sendall(reply)
+                    if isinstance(reply, _Cut):
+                        return
+            except ConnectionResetError:  # closed by the client with an answer unread
+                pass
+            self.hangups += 1
 
 
 def _requests(client: socket.socket) -> Iterator[bytes]:
@@ -261,3 +267,65 @@ def test_a_pooled_connection_that_broke_mid_answer_is_not_tried_again(
     with pytest.raises(ConnectionError, match="mid-head"):
         endpoint.post(b"{}")
     assert len(upstream.requests) == 2
+
+
+def _until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return condition()
+
+
+def _pool_a_connection(endpoint: Endpoint) -> None:
+    """One exchange, read to its end: its connection stays idle in the pool."""
+    response = endpoint.post(b"{}")
+    _body(response)
+    endpoint.release(response)
+    assert len(endpoint._idle) == 1
+
+
+def test_a_started_call_is_sent_before_its_answer_is_asked_for(
+    endpoint_to: Callable[[int], Endpoint],
+) -> None:
+    upstream = _Upstream(lambda request, n: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    endpoint = endpoint_to(upstream.port)
+    _pool_a_connection(endpoint)
+    call = endpoint.start(b'{"n": 2}')
+    assert _until(lambda: len(upstream.requests) == 2)
+    assert upstream.requests[1].endswith(b'\r\n\r\n{"n": 2}')
+    response = endpoint.answer(call)
+    assert _body(response) == b"ok"
+    endpoint.release(response)
+    # Abandoned, a started call's connection is closed, so the upstream stops working on it.
+    endpoint.abandon(endpoint.start(b"{}"))
+    assert _until(lambda: upstream.hangups == 1)
+    assert not endpoint._idle and not endpoint._active
+
+
+def test_a_started_call_too_large_for_one_send_is_finished_by_its_answer(
+    endpoint_to: Callable[[int], Endpoint],
+) -> None:
+    upstream = _Upstream(lambda request, n: b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n%d" % n)
+    endpoint = endpoint_to(upstream.port)
+    _pool_a_connection(endpoint)
+    body = b"x" * (8 << 20)
+    call = endpoint.start(body)
+    assert 0 < call.sent < len(body)  # what the socket's buffer took, without waiting
+    response = endpoint.answer(call)
+    assert _body(response) == b"2"
+    assert upstream.requests[1].endswith(b"\r\n\r\n" + body)
+
+
+def test_a_stream_closed_before_its_first_item_closes_the_upstream_call() -> None:
+    answer = (b'data: {"choices": [{"delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+              b"data: [DONE]\n\n")
+    upstream = _Upstream(lambda request, n: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(answer), answer))
+    source = OpenAIUpstream(api_key="k", base_url=f"http://127.0.0.1:{upstream.port}/v1",
+                            read_timeout=5, connect_timeout=5)
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": "hello"}])
+    assert [type(item).__name__ for item in source.stream(request)] == ["Delta", "Finish"]
+    chunks = source.stream(request)  # sent at once on the pooled connection
+    assert _until(lambda: len(upstream.requests) == 2)
+    chunks.close()
+    assert _until(lambda: upstream.hangups == 1)

@@ -48,7 +48,9 @@ class UpstreamError(Exception):
 
 
 class Upstream(Protocol):
-    """A source of chat completions. Closing the iterator must close the upstream call."""
+    """A source of chat completions. `stream` is called in the claiming request's greenlet: it
+    may send the request at once but must neither wait nor raise (failures come out of the
+    iterator). Closing the iterator must close the upstream call, even before its first item."""
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]: ...
 

@@ -39,7 +39,7 @@ class Connection:
         self.last_read = time.monotonic()
         self.silent = False  # closed by the watchdog
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | memoryview) -> None:
         try:
             # One send when the buffer has room: gevent's sendall first asks the kernel for
             # SO_SNDBUF, one more system call per request.
@@ -181,6 +181,17 @@ def _chunk_size(line: bytes) -> int:
         raise ProtocolError(f"bad chunk size: {size[:40]!r}") from None
 
 
+class Call:
+    """A request to an endpoint, and the connection it was sent on until its answer is read."""
+
+    __slots__ = ("request", "sent", "sent_on")
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.sent = 0  # bytes of it sent on `sent_on`
+        self.sent_on: Connection | None = None
+
+
 class Endpoint:
     """POSTs to one URL with fixed headers, on pooled keep-alive connections, silence watched."""
 
@@ -204,27 +215,66 @@ class Endpoint:
         self._watchdog: gevent.Greenlet | None = None
 
     def post(self, body: bytes) -> Response:
-        """Send the request on an idle pooled connection (one the server closed meanwhile is
-        dropped), else on a new one; return the response once its head has arrived."""
-        request = self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        while self._idle:
+        """Send a request and return its response once the head has arrived."""
+        return self.answer(self.start(body))
+
+    def start(self, body: bytes) -> Call:
+        """Send the request now, as much as one `send` takes, if a pooled plain TCP connection
+        is idle; `answer` sends the rest, or all of it elsewhere if that connection turns out
+        closed. Never waits: an idle connection's buffer has room, and a partial send returns
+        at once (TLS sockets are left to `answer`: they take no send flags)."""
+        call = Call(self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        if self._idle and self._tls is None:
             conn = self._idle.pop()
+            self._watch(conn)
             try:
-                return self._exchange(conn, request)
+                call.sent = conn.sock.send(call.request, socket.MSG_DONTWAIT)
+            except OSError:  # closed while idle
+                self._active.discard(conn)
+                conn.close()
+            else:
+                call.sent_on = conn
+        return call
+
+    def answer(self, call: Call) -> Response:
+        """The response to a started call, once its head has arrived."""
+        conn, call.sent_on = call.sent_on, None
+        if conn is not None:
+            try:
+                if call.sent < len(call.request):
+                    self._send(conn, memoryview(call.request)[call.sent :])
+                return self._read_head(conn)
             except _ClosedBeforeAnswer:
                 conn.close()  # closed while idle, before the server read the request
             except BaseException:
                 conn.close()
                 raise
+        while self._idle:
+            conn = self._idle.pop()
+            try:
+                return self._exchange(conn, call.request)
+            except _ClosedBeforeAnswer:
+                conn.close()
+            except BaseException:
+                conn.close()
+                raise
         conn = self._connect()
         try:
-            return self._exchange(conn, request)
+            return self._exchange(conn, call.request)
         except _ClosedBeforeAnswer:
             conn.close()
             raise ConnectionError("the upstream closed the connection without answering") from None
         except BaseException:
             conn.close()
             raise
+
+    def abandon(self, call: Call) -> None:
+        """A started call whose answer will not be read: its connection is closed, so the
+        upstream stops."""
+        conn, call.sent_on = call.sent_on, None
+        if conn is not None:
+            self._active.discard(conn)
+            conn.close()
 
     def release(self, response: Response) -> None:
         """The exchange is over: keep its connection for the next request if it can be reused."""
@@ -252,11 +302,23 @@ class Endpoint:
         return Connection(sock)
 
     def _exchange(self, conn: Connection, request: bytes) -> Response:
-        conn.last_read = time.monotonic()
         self._watch(conn)
+        self._send(conn, request)
+        return self._read_head(conn)
+
+    def _send(self, conn: Connection, data: bytes | memoryview) -> None:
+        try:
+            conn.send(data)
+        except ConnectionError as exc:  # reset or broken pipe: the server closed it
+            self._active.discard(conn)
+            raise _ClosedBeforeAnswer from exc
+        except BaseException:
+            self._active.discard(conn)
+            raise
+
+    def _read_head(self, conn: Connection) -> Response:
         answered = False
         try:
-            conn.send(request)
             received = b""
             while True:
                 head_end = received.find(b"\r\n\r\n")
@@ -284,6 +346,7 @@ class Endpoint:
             raise
 
     def _watch(self, conn: Connection) -> None:
+        conn.last_read = time.monotonic()
         self._active.add(conn)
         if self._watchdog is None or self._watchdog.dead:
             self._watchdog = gevent.spawn(self._close_silent)

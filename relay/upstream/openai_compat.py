@@ -23,7 +23,7 @@ import openai
 import orjson
 
 from .base import ChatRequest, Delta, Finish, UpstreamError
-from .connection import Endpoint, ProtocolError, Response, UnreachableError
+from .connection import Call, Endpoint, ProtocolError, Response, UnreachableError
 
 log = logging.getLogger("relay.upstream")
 
@@ -81,6 +81,9 @@ class OpenAIUpstream:
         return self._models
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
+        """The request is sent at once on an idle pooled connection, if there is one, so the
+        upstream works on it while the caller gets ready to read; closing the iterator closes
+        the call, even before its first item."""
         params: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
@@ -91,10 +94,19 @@ class OpenAIUpstream:
             params["temperature"] = request.temperature
         if request.max_tokens is not None:
             params["max_tokens"] = request.max_tokens
-        endpoint = self.endpoint
+        body = orjson.dumps(params)
+        # An idle connection means the endpoint is built: building it could raise, here.
+        call = self._endpoint.start(body) if self._endpoint is not None else None
+        answer = self._answer(body, call)
+        next(answer)  # into its `try`, so that closing it closes the call
+        return answer  # type: ignore[return-value]
+
+    def _answer(self, body: bytes, call: Call | None) -> Iterator[Delta | Finish | None]:
         response: Response | None = None
         try:
-            response = endpoint.post(orjson.dumps(params))
+            yield None  # taken by `stream`
+            endpoint = self.endpoint
+            response = endpoint.answer(call) if call is not None else endpoint.post(body)
             if response.status >= 400:
                 raise _status_error(response.status, _error_body(response))
             # The body is read to its end, past [DONE], so the connection can be reused; the
@@ -120,7 +132,9 @@ class OpenAIUpstream:
             ) from exc
         finally:
             if response is not None:
-                endpoint.release(response)
+                self.endpoint.release(response)
+            elif call is not None:
+                self.endpoint.abandon(call)
 
 
 def _endpoint(client: openai.OpenAI, connect_timeout: float, read_timeout: float) -> Endpoint:
