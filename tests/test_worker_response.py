@@ -6,6 +6,7 @@ sends, which is the behaviour under test.
 
 from __future__ import annotations
 
+import email.utils
 import importlib.util
 import socket
 from collections.abc import Iterator
@@ -120,3 +121,15 @@ def test_a_large_body_is_sent_after_its_head_whole(pair: Any) -> None:
     assert head.endswith(b"\r\n\r\n") and body not in head
     raw = _received(client, len(head) + len(body))
     assert raw == head + body
+
+
+def test_the_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_700_000_000.25]
+    monkeypatch.setattr(conf.time, "time", lambda: now[0])
+    first = conf._http_date()
+    assert first == email.utils.formatdate(1_700_000_000, usegmt=True)
+    now[0] = 1_700_000_000.99
+    assert conf._http_date() is first
+    now[0] = 1_700_000_001.0
+    assert conf._http_date() == email.utils.formatdate(1_700_000_001, usegmt=True)
+    assert conf._http_date(86400) == "Fri, 02 Jan 1970 00:00:00 GMT"

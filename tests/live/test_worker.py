@@ -3,8 +3,10 @@ and every response is framed whole."""
 
 from __future__ import annotations
 
+import email.utils
 import json
 import socket
+import time
 from collections.abc import Callable
 
 import httpx
@@ -137,3 +139,13 @@ def test_a_body_is_read_whole_under_the_limit_and_refused_over_it(
     too_big = _raw_post_new(relay.port, framing, encode("p" * 5000), content_type)
     assert too_big.startswith(b"HTTP/1.1 413"), too_big
     assert httpx.get(f"http://127.0.0.1:{relay.port}/healthz", timeout=30).status_code == 200
+
+
+def test_responses_carry_the_current_date(client: httpx.Client) -> None:
+    # The worker formats its Date header once a second (gunicorn.conf.py's _http_date); over
+    # more than two seconds, a value kept too long would be two seconds old.
+    for _ in range(4):
+        sent = client.get("/healthz").headers["Date"]
+        age = time.time() - email.utils.parsedate_to_datetime(sent).timestamp()
+        assert 0 <= age < 2, sent
+        time.sleep(0.7)
