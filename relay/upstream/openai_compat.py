@@ -107,6 +107,7 @@ class OpenAIUpstream:
             yield None  # taken by `stream`
             endpoint = self.endpoint
             response = endpoint.answer(call) if call is not None else endpoint.post(body)
+            call, body = None, b""  # the request is not kept for the length of the answer
             if response.status >= 400:
                 raise _status_error(response.status, _error_body(response))
             # The body is read to its end, past [DONE], so the connection can be reused; the
