@@ -319,3 +319,19 @@ def test_metrics_sum_every_worker(relay: RelayServer) -> None:
     text = httpx.get(relay.url + "/metrics").text
     assert 'relay_tickets_finished_total{error_code="",status="completed"}' in text
     assert "relay_streams_open" in text and "relay_upstream_first_chunk_seconds_bucket" in text
+
+
+def test_a_head_request_starts_no_upstream_call(
+    client: httpx.Client, upstream: FakeUpstream
+) -> None:
+    tag = marker()
+    ticket = new_ticket(client, f"{tag} only looked at")
+    head = client.head(ticket["stream_url"])
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/event-stream")
+    assert client.get(f"/tickets/{ticket['id']}").json()["status"] == "pending"
+    assert upstream.calls_with(tag) == []
+    assert client.head("/sse/" + "x" * 32).status_code == 404
+    # The GET still streams it, with the one upstream call.
+    assert read_stream(client, ticket["stream_url"])[-1][2]["status"] == "completed"
+    assert len(upstream.calls_with(tag)) == 1
