@@ -31,7 +31,7 @@ def new_ticket() -> Response:
     # Under a mount point with non-ASCII characters, `Location` needs werkzeug's IRI-to-URI.
     response_class = PreparedResponse if stream_url.isascii() else Response
     return response_class(
-        orjson.dumps(payload), 201, {"Location": stream_url}, mimetype="application/json"
+        orjson.dumps(payload), 201, {"Location": stream_url}, content_type="application/json"
     )
 
 
