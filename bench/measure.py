@@ -121,10 +121,33 @@ def throughput(
     cpu = _cpu_of(server) - cpu0
     load_cpu = _cpu_of(load) - load0 + _self_cpu() - self0
     ok = [r for r in results if r.ok]
-    relayed = sum(r.tokens for r in ok)
-    return {
-        "concurrency": concurrency, "streams": len(results), "errors": len(results) - len(ok),
-        "short_streams": sum(1 for r in ok if r.tokens != tokens),
+    return _throughput_row(
+        concurrency, len(results), [r.ttft for r in ok], sum(r.tokens for r in ok),
+        sum(1 for r in ok if r.tokens != tokens), elapsed, cpu, load_cpu,
+        next((r.error for r in results if r.error), None),
+    )
+
+
+def merge_windows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One level's windows (from `throughput`) as one row over all of their time."""
+    return _throughput_row(
+        rows[0]["concurrency"], sum(r["streams"] for r in rows),
+        [t for r in rows for t in r["_ttft_s"]], sum(r["tokens"] for r in rows),
+        sum(r["short_streams"] for r in rows), sum(r["_seconds"] for r in rows),
+        sum(r["_cpu_s"] for r in rows), sum(r["_load_cpu_s"] for r in rows),
+        next((r["first_error"] for r in rows if r["first_error"]), None),
+        windows=len(rows), keep_raw=False,
+    )
+
+
+def _throughput_row(
+    concurrency: int, streams: int, ttfts: list[float], relayed: int, short: int,
+    elapsed: float, cpu: float, load_cpu: float, first_error: str | None, *, windows: int = 1,
+    keep_raw: bool = True,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "concurrency": concurrency, "windows": windows, "streams": streams,
+        "errors": streams - len(ttfts), "short_streams": short,
         "tokens": relayed, "seconds": round(elapsed, 3),
         "tokens_per_s": round(relayed / elapsed, 1) if elapsed else 0.0,
         "server_cpu_s": round(cpu, 3),
@@ -132,9 +155,12 @@ def throughput(
         "cpu_s_per_1k_tokens": round(cpu / relayed * 1000, 4) if relayed else None,
         "tokens_per_cpu_s": round(relayed / cpu, 1) if cpu > 0 else None,
         "load_cpu_util": round(load_cpu / elapsed, 3) if elapsed else 0.0,
-        "ttft": summary_ms([r.ttft for r in ok]),
-        "first_error": next((r.error for r in results if r.error), None),
+        "ttft": summary_ms(ttfts),
+        "first_error": first_error,
     }
+    if keep_raw:  # what merge_windows needs; not in the report
+        row.update(_ttft_s=ttfts, _seconds=elapsed, _cpu_s=cpu, _load_cpu_s=load_cpu)
+    return row
 
 
 def open_streams(

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -32,6 +33,7 @@ class Plan:
     ttft_warmup: int
     levels: tuple[int, ...]
     level_seconds: float
+    level_windows: int  # each level's time, split into windows the servers take turns in
     max_streams: int
     answer_tokens: int
     stream_levels: tuple[int, ...]
@@ -43,11 +45,12 @@ class Plan:
 
 
 FULL = Plan(ttft_count=300, ttft_warmup=30, levels=(1, 4, 16, 64), level_seconds=6.0,
-            max_streams=20000, answer_tokens=100,
+            level_windows=3, max_streams=20000, answer_tokens=100,
             stream_levels=(100, 250, 500, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 8000),
             stream_hold=6.0,
             stream_budget=150.0, tickets_small=20000, tickets_large=400, tickets_seconds=8.0)
-SMOKE = Plan(ttft_count=5, ttft_warmup=2, levels=(1, 4), level_seconds=1.0, max_streams=20,
+SMOKE = Plan(ttft_count=5, ttft_warmup=2, levels=(1, 4), level_seconds=1.0, level_windows=1,
+             max_streams=20,
              answer_tokens=20, stream_levels=(10, 20), stream_hold=1.2, stream_budget=10.0,
              tickets_small=40, tickets_large=4, tickets_seconds=2.0)
 HEARTBEAT_S = 1.0
@@ -181,15 +184,26 @@ def _throughput(
     plan: Plan, targets: list[Target], running: dict[str, servers.Service],
     upstream: servers.Service, model: str,
 ) -> dict[str, Any]:
+    """Each level in windows the servers take turns in (a fresh order each round), so a slow
+    stretch of a shared machine falls on all of them rather than on whichever ran then."""
     results: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    window = plan.level_seconds / plan.level_windows
+    order = list(targets)
+    shuffle = random.Random(0).shuffle
     for level in plan.levels:
-        for t in targets:
-            _log(f"throughput: {t.name}, {level} concurrent streams")
-            server = [running[t.name]]
-            load = [] if t.name == "direct" else [upstream]
-            results[t.name].append(measure.throughput(
-                t, server, load, model, plan.answer_tokens, level, plan.level_seconds,
-                plan.max_streams))
+        _log(f"throughput: {level} concurrent streams, {plan.level_windows} turns of "
+             f"{window:g} s each")
+        windows: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+        for _ in range(plan.level_windows):
+            shuffle(order)
+            for t in order:
+                server = [running[t.name]]
+                load = [] if t.name == "direct" else [upstream]
+                windows[t.name].append(measure.throughput(
+                    t, server, load, model, plan.answer_tokens, level, window,
+                    plan.max_streams // plan.level_windows))
+        for name, rows in windows.items():
+            results[name].append(measure.merge_windows(rows))
     return {
         "model": model, "tokens_per_answer": plan.answer_tokens, "results": results,
         "saturation": {name: rows[-1] for name, rows in results.items()},

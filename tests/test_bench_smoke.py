@@ -53,3 +53,18 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     assert streams["relay"]["max_streams_on_time"] > 0, streams["relay"]
     assert streams["direct"]["max_streams_on_time"] > 0, streams["direct"]
     assert {check["target"] for check in data["targets"]}
+
+
+def test_throughput_windows_merge_into_one_row_over_all_their_time() -> None:
+    from bench.measure import _throughput_row, merge_windows
+
+    first = _throughput_row(64, 10, [0.01] * 10, 1000, 0, 2.0, 1.0, 0.5, None)
+    second = _throughput_row(64, 5, [0.03] * 4, 400, 1, 2.0, 1.0, 0.5, "HTTPError: x")
+    merged = merge_windows([first, second])
+    assert merged["windows"] == 2 and merged["streams"] == 15 and merged["errors"] == 1
+    assert merged["tokens"] == 1400 and merged["short_streams"] == 1
+    assert merged["tokens_per_s"] == 350.0 and merged["tokens_per_cpu_s"] == 700.0
+    assert merged["server_cpu_util"] == 0.5 and merged["load_cpu_util"] == 0.25
+    assert merged["ttft"]["n"] == 14 and merged["ttft"]["p99_ms"] == 30.0
+    assert merged["first_error"] == "HTTPError: x"
+    assert not [key for key in merged if key.startswith("_")]
