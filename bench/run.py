@@ -50,9 +50,8 @@ FULL = Plan(ttft_count=300, ttft_warmup=30, levels=(1, 4, 16, 64), level_seconds
             stream_hold=6.0,
             stream_budget=150.0, tickets_small=20000, tickets_large=400, tickets_seconds=8.0)
 SMOKE = Plan(ttft_count=5, ttft_warmup=2, levels=(1, 4), level_seconds=1.0, level_windows=1,
-             max_streams=20,
-             answer_tokens=20, stream_levels=(10, 20), stream_hold=1.2, stream_budget=10.0,
-             tickets_small=40, tickets_large=4, tickets_seconds=2.0)
+             max_streams=20, answer_tokens=20, stream_levels=(10, 20), stream_hold=1.2,
+             stream_budget=10.0, tickets_small=40, tickets_large=4, tickets_seconds=2.0)
 HEARTBEAT_S = 1.0
 WARM_BLOCK = 10
 SLOW_MODEL = model_name(tokens=600, ttft_ms=0, pace_ms=1000)
