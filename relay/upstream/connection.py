@@ -239,34 +239,20 @@ class Endpoint:
     def answer(self, call: Call) -> Response:
         """The response to a started call, once its head has arrived."""
         conn, call.sent_on = call.sent_on, None
+        response = None
         if conn is not None:
-            try:
-                if call.sent < len(call.request):
-                    self._send(conn, memoryview(call.request)[call.sent :])
-                return self._read_head(conn)
-            except _ClosedBeforeAnswer:
-                conn.close()  # closed while idle, before the server read the request
-            except BaseException:
-                conn.close()
-                raise
-        while self._idle:
+            response = self._exchange(conn, memoryview(call.request)[call.sent :])
+        while response is None and self._idle:
             conn = self._idle.pop()
-            try:
-                return self._exchange(conn, call.request)
-            except _ClosedBeforeAnswer:
-                conn.close()
-            except BaseException:
-                conn.close()
-                raise
-        conn = self._connect()
-        try:
-            return self._exchange(conn, call.request)
-        except _ClosedBeforeAnswer:
-            conn.close()
-            raise ConnectionError("the upstream closed the connection without answering") from None
-        except BaseException:
-            conn.close()
-            raise
+            self._watch(conn)
+            response = self._exchange(conn, call.request)
+        if response is None:
+            conn = self._connect()
+            self._watch(conn)
+            response = self._exchange(conn, call.request)
+        if response is not None:
+            return response
+        raise ConnectionError("the upstream closed the connection without answering")
 
     def abandon(self, call: Call) -> None:
         """A started call whose answer will not be read: its connection is closed, so the
@@ -301,10 +287,19 @@ class Endpoint:
         sock.settimeout(None)  # silence is the watchdog's to judge
         return Connection(sock)
 
-    def _exchange(self, conn: Connection, request: bytes) -> Response:
-        self._watch(conn)
-        self._send(conn, request)
-        return self._read_head(conn)
+    def _exchange(self, conn: Connection, unsent: bytes | memoryview) -> Response | None:
+        """Send what is left of a request on `conn`, then read the response's head; None, with
+        `conn` closed, when the server had closed it before reading the request."""
+        try:
+            if unsent:
+                self._send(conn, unsent)
+            return self._read_head(conn)
+        except _ClosedBeforeAnswer:
+            conn.close()
+            return None
+        except BaseException:
+            conn.close()
+            raise
 
     def _send(self, conn: Connection, data: bytes | memoryview) -> None:
         try:
