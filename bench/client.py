@@ -2,8 +2,9 @@
 
 One stream is one connection: relay's is `POST /new` then `GET /sse/<id>` on that keep-alive
 connection (the session cookie carried over, as a browser would), the OpenAI-style targets'
-is one streaming `POST /v1/chat/completions`. Bodies are scanned as raw bytes (no SSE parsing in
-Python), so the client stays cheap next to the servers it measures.
+is one streaming `POST /v1/chat/completions`. A `Visitor` carries relay's cookie from one
+stream to the next, as a browser does for every message after its first. Bodies are scanned as
+raw bytes (no SSE parsing in Python), so the client stays cheap next to the servers it measures.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ class Target:
     port: int
     kind: str
     path: str = "/v1/chat/completions"
+
+
+@dataclass
+class Visitor:
+    """One browser's session cookie, kept from stream to stream; `cookies_issued` counts the
+    streams that were answered with a new one (the first, as a new visitor)."""
+
+    cookie: str = ""
+    cookies_issued: int = 0
 
 
 @dataclass
@@ -159,11 +169,13 @@ def create_ticket(conn: Connection, body: bytes) -> str:
 
 def run_stream(
     target: Target, body: bytes, *, late_after: float = 0.0, deadline_s: float = 60.0,
-    result: StreamResult | None = None,
+    result: StreamResult | None = None, visitor: Visitor | None = None,
 ) -> StreamResult:
     """Open one stream through target on a fresh connection and read it to its end.
 
     `result` (default a new one) is filled in as the stream goes, so others can watch it live.
+    `visitor` (default none: a new visitor each time) sends its cookie and keeps the one the
+    server sets.
     """
     result = result or StreamResult()
     start = time.monotonic()
@@ -171,6 +183,8 @@ def run_stream(
     conn: Connection | None = None
     try:
         conn = Connection(target.host, target.port, timeout=deadline_s)
+        if visitor is not None:
+            conn.cookie = visitor.cookie
         if target.kind == "relay":
             ticket = create_ticket(conn, body)
             conn.send("GET", f"/sse/{ticket}")
@@ -194,6 +208,9 @@ def run_stream(
     finally:
         if conn is not None:
             conn.close()
+            if visitor is not None and conn.cookie != visitor.cookie:
+                visitor.cookie = conn.cookie
+                visitor.cookies_issued += 1
     result.duration = time.monotonic() - start
     return result
 

@@ -19,6 +19,7 @@ from .client import (
     HTTPError,
     StreamResult,
     Target,
+    Visitor,
     create_ticket,
     openai_body,
     relay_body,
@@ -67,22 +68,27 @@ def ttft(
     request, then n measured ones in a row ("warm"). Each round takes the targets in a fresh
     order (seeded, so runs repeat): in a fixed order one server always follows the same other
     one and pays alone for what that one left behind.
+
+    Relay's streams are one returning visitor's (its cookie set by the first warm-up stream), as
+    a chat page's are after its first message; LiteLLM here checks no key at all.
     """
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     errors: dict[str, int] = {t.name: 0 for t in targets}
     seen: dict[str, int] = {t.name: -warmup for t in targets}  # below 0: warm-up left
     bodies = {t.name: body_for(t, "Say hello.", model) for t in targets}
+    visitors = {t.name: Visitor() for t in targets}
     order = list(targets)
     shuffle = random.Random(block).shuffle
     while any(seen[t.name] < count for t in targets):
         shuffle(order)
         for target in order:
+            body, visitor = bodies[target.name], visitors[target.name]
             if block > 1 and seen[target.name] < count:
-                run_stream(target, bodies[target.name], deadline_s=30)
+                run_stream(target, body, deadline_s=30, visitor=visitor)
             for _ in range(block):
                 if seen[target.name] >= count:
                     break
-                result = run_stream(target, bodies[target.name], deadline_s=30)
+                result = run_stream(target, body, deadline_s=30, visitor=visitor)
                 if not result.ok:
                     errors[target.name] += 1
                 elif seen[target.name] >= 0:
@@ -105,14 +111,16 @@ def throughput(
     target: Target, server: list[Service], load: list[Service], model: str, tokens: int,
     concurrency: int, duration: float, max_streams: int,
 ) -> dict[str, Any]:
-    """`concurrency` users each stream answers back to back for `duration` seconds."""
+    """`concurrency` users (returning visitors) each stream answers back to back for
+    `duration` seconds."""
     body = body_for(target, "Count.", model)
     results: list[StreamResult] = []
     stop_at = time.monotonic() + duration
 
     def user() -> None:
+        visitor = Visitor()
         while time.monotonic() < stop_at and len(results) < max_streams:
-            results.append(run_stream(target, body, deadline_s=60))
+            results.append(run_stream(target, body, deadline_s=60, visitor=visitor))
 
     cpu0, load0, self0 = _cpu_of(server), _cpu_of(load), _self_cpu()
     start = time.monotonic()
