@@ -87,6 +87,18 @@ class CoalescingResponse(wsgi.Response):
         _send(self.sock, head + data if head else data)
 
 
+def _freeze_settings(cfg):  # type: ignore[no-untyped-def]
+    """Every setting as a plain attribute of `cfg`: a worker's never change after fork, and
+    gunicorn reads them through `Config.__getattr__` and `Setting.get`, dozens of times a request
+    (~0.1 ms of a stream's two requests on a cold CPU cache, side by side). Properties, such as
+    `is_ssl`, are left to compute as before."""
+    computed = type(cfg)
+    cfg.__dict__.update({
+        name: setting.get() for name, setting in cfg.settings.items()
+        if not hasattr(computed, name)
+    })
+
+
 class FairGeventWorker(GeventWorker):
     """gunicorn's gevent worker, but a keep-alive connection reads its next request only after
     a turn of the event loop.
@@ -103,6 +115,7 @@ class FairGeventWorker(GeventWorker):
         if hasattr(wsgi.Response, "_emit_body"):
             wsgi.Response = CoalescingResponse
         util.http_date = _http_date  # wsgi.Response.default_headers looks it up per response
+        _freeze_settings(self.cfg)
         super().init_process()
 
     def handle_request(self, listener_name, req, sock, addr):  # type: ignore[no-untyped-def]

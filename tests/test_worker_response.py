@@ -133,3 +133,23 @@ def test_the_date_header_is_formatted_once_a_second(monkeypatch: pytest.MonkeyPa
     now[0] = 1_700_000_001.0
     assert conf._http_date() == email.utils.formatdate(1_700_000_001, usegmt=True)
     assert conf._http_date(86400) == "Fri, 02 Jan 1970 00:00:00 GMT"
+
+
+def test_frozen_settings_read_as_before_without_config_lookups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cfg = Config()
+    cfg.set("keepalive", 7)
+    cfg.set("worker_connections", 123)
+    before = {name: getattr(cfg, name) for name in cfg.settings}
+    properties = ("is_ssl", "address", "sendfile", "reuse_port", "worker_class_str")
+    computed = {name: getattr(cfg, name) for name in properties}
+    conf._freeze_settings(cfg)
+
+    def no_lookup(self: Config, name: str) -> Any:
+        raise AssertionError(f"{name} looked up through Config.__getattr__")
+
+    monkeypatch.setattr(Config, "__getattr__", no_lookup)
+    assert {name: getattr(cfg, name) for name in cfg.settings} == before
+    assert cfg.keepalive == 7 and cfg.worker_connections == 123
+    assert {name: getattr(cfg, name) for name in properties} == computed
