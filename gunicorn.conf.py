@@ -92,10 +92,10 @@ def _freeze_settings(cfg):  # type: ignore[no-untyped-def]
     gunicorn reads them through `Config.__getattr__` and `Setting.get`, dozens of times a request
     (~0.1 ms of a stream's two requests on a cold CPU cache, side by side). Properties, such as
     `is_ssl`, are left to compute as before."""
-    computed = type(cfg)
+    config_class = type(cfg)
     cfg.__dict__.update({
         name: setting.get() for name, setting in cfg.settings.items()
-        if not hasattr(computed, name)
+        if not hasattr(config_class, name)
     })
 
 

@@ -21,8 +21,7 @@ def test_a_visitor_gets_one_cookie_and_sends_it_with_every_later_stream(
     results = [run_stream(target, body, deadline_s=20, visitor=visitor) for _ in range(3)]
     assert all(r.ok and r.tokens > 0 and r.error is None for r in results), results
     assert "=" in visitor.cookie
-    # Set once, by the first stream; the later two were the same visitor's (a ticket of another
-    # visitor's would have been 404 on its GET).
+    # Set once, by the first stream: the later two sent it back and were given no other.
     assert visitor.cookies_issued == 1
 
     other = Visitor()
