@@ -59,7 +59,8 @@ def probe_openai_endpoint(host: str, port: int, model: str) -> int:
 
 
 def ttft(
-    targets: list[Target], model: str, count: int, warmup: int, block: int = 1
+    targets: list[Target], model: str, count: int, warmup: int, block: int = 1,
+    new_visitors: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """One stream at a time, the targets taking turns so all see the same machine noise.
 
@@ -70,13 +71,14 @@ def ttft(
     one and pays alone for what that one left behind.
 
     Relay's streams are one returning visitor's (its cookie set by the first warm-up stream), as
-    a chat page's are after its first message; LiteLLM here checks no key at all.
+    a chat page's are after its first message; LiteLLM here checks no key at all. The targets
+    named in `new_visitors` get a new visitor on every stream instead (no cookie sent).
     """
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     errors: dict[str, int] = {t.name: 0 for t in targets}
     seen: dict[str, int] = {t.name: -warmup for t in targets}  # below 0: warm-up left
     bodies = {t.name: body_for(t, "Say hello.", model) for t in targets}
-    visitors = {t.name: Visitor() for t in targets}
+    visitors = {t.name: None if t.name in new_visitors else Visitor() for t in targets}
     order = list(targets)
     shuffle = random.Random(block).shuffle
     while any(seen[t.name] < count for t in targets):

@@ -141,6 +141,7 @@ def markdown(data: dict[str, Any]) -> str:
     if ttft.get("relay_v1"):
         lines += ["", f"relay `/v1/chat/completions` TTFT: {ttft['relay_v1']}"]
     lines += _floor_note(added, added_warm)
+    lines += _new_visitor_note(ttft.get("added_new_visitor", {}))
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for check in data.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
@@ -159,6 +160,18 @@ def _floor_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str]:
         return []
     return ["", "The floor (the contract's two steps on gunicorn's gevent worker and Flask, "
             "nothing stored, checked or parsed) adds " + "; ".join(parts) + "."]
+
+
+def _new_visitor_note(added: dict[str, Any]) -> list[str]:
+    relay, lite = _get(added, "relay", "median_ms"), _get(added, "litellm", "median_ms")
+    if relay is None:
+        return []
+    line = (f"Relay with a new visitor on every stream (a cookie made and signed each time; the "
+            f"table's relay is one returning visitor), interleaved again: adds {relay:.2f} / "
+            f"{_get(added, 'relay', 'p99_ms'):.2f} ms (median / p99)")
+    if lite:
+        line += f"; LiteLLM in the same pass {lite:.2f} ms (ratio {relay / lite:.3f})"
+    return ["", line + "."]
 
 
 def plot(data: dict[str, Any], path: Path) -> None:

@@ -174,8 +174,13 @@ def _ttft(plan: Plan, targets: list[Target], relay: servers.Service, model: str)
         v1 = Target("relay_v1", "127.0.0.1", relay.port, "openai")
         result["relay_v1"] = measure.ttft([v1], model, plan.ttft_count, plan.ttft_warmup)[
             "relay_v1"]
+    # Once more interleaved, relay's streams each a new visitor's (it makes and signs a cookie
+    # every time): what a browser's first message costs, against the same peers.
+    result["new_visitor"] = measure.ttft(targets, model, plan.ttft_count, plan.ttft_warmup,
+                                         new_visitors=frozenset({"relay"}))
     result["added"] = report.added_ttft(result["results"])
     result["added_warm"] = report.added_ttft(result["warm"])
+    result["added_new_visitor"] = report.added_ttft(result["new_visitor"])
     return result
 
 

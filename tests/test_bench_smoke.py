@@ -36,6 +36,9 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
         assert ttft[name]["n"] > 0 and ttft[name]["errors"] == 0, (name, ttft[name])
         assert ttft[name]["median_ms"] > 0
     assert "relay" in data["ttft"]["added"] and "relay" in data["ttft"]["added_warm"]
+    assert data["ttft"]["new_visitor"]["relay"]["n"] > 0, data["ttft"]["new_visitor"]
+    assert "relay" in data["ttft"]["added_new_visitor"]
+    assert "Relay with a new visitor on every stream" in completed.stdout
     for name in ("relay", "direct"):
         assert data["ttft"]["warm"][name]["n"] > 0, data["ttft"]["warm"]
 
