@@ -225,8 +225,7 @@ class Endpoint:
         at once (TLS sockets are left to `answer`: they take no send flags)."""
         call = Call(self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
         if self._idle and self._tls is None:
-            conn = self._idle.pop()
-            self._watch(conn)
+            conn = self._watched(self._idle.pop())
             try:
                 call.sent = conn.sock.send(call.request, socket.MSG_DONTWAIT)
             except OSError:  # closed while idle
@@ -243,13 +242,9 @@ class Endpoint:
         if conn is not None:
             response = self._exchange(conn, memoryview(call.request)[call.sent :])
         while response is None and self._idle:
-            conn = self._idle.pop()
-            self._watch(conn)
-            response = self._exchange(conn, call.request)
+            response = self._exchange(self._watched(self._idle.pop()), call.request)
         if response is None:
-            conn = self._connect()
-            self._watch(conn)
-            response = self._exchange(conn, call.request)
+            response = self._exchange(self._watched(self._connect()), call.request)
         if response is not None:
             return response
         raise ConnectionError("the upstream closed the connection without answering")
@@ -340,11 +335,13 @@ class Endpoint:
             self._active.discard(conn)
             raise
 
-    def _watch(self, conn: Connection) -> None:
+    def _watched(self, conn: Connection) -> Connection:
+        """`conn`, now in use: the watchdog closes it after too long a silence."""
         conn.last_read = time.monotonic()
         self._active.add(conn)
         if self._watchdog is None or self._watchdog.dead:
             self._watchdog = gevent.spawn(self._close_silent)
+        return conn
 
     def _close_silent(self) -> None:
         """Close every connection that has received nothing for `read_timeout`; its reader's
