@@ -1,4 +1,4 @@
-"""Turn a `POST /new` request body into a validated NewTicket, or a clear 400/413/415."""
+"""Turn a request body into a validated NewTicket (or a JSON object), or a clear 400/413/415."""
 
 from __future__ import annotations
 
@@ -28,26 +28,47 @@ def read_body(request: Request) -> dict[str, Any]:
     The size limit is Flask's MAX_CONTENT_LENGTH (RELAY_MAX_PROMPT_BYTES): reading a larger body
     raises werkzeug's 413, which the error handler renders as `prompt_too_large`.
     """
-    content_type = request.environ.get("CONTENT_TYPE")
-    mimetype = "application/json" if content_type == "application/json" else request.mimetype
-    if mimetype == "application/json" or mimetype.endswith("+json"):
-        raw = _body_bytes(request)
-        try:
-            # orjson, not json: it also refuses what is not valid UTF-8 once decoded (a lone
-            # surrogate like "\ud800"), which no database can store, and NaN/Infinity.
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJSON(f"The body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise InvalidRequest("The JSON body must be an object.")
-        return body
+    mimetype = _mimetype(request)
+    if _is_json(mimetype):
+        return _json_object(request)
     if mimetype in _FORM_TYPES:
         return _form_body(request)
-    shown = mimetype or "none"
     raise UnsupportedMediaType(
-        f"Content-Type {shown} is not supported; send application/json "
+        f"Content-Type {mimetype or 'none'} is not supported; send application/json "
         "(or a form with a `prompt` field)."
     )
+
+
+def read_json_object(request: Request) -> dict[str, Any]:
+    """A JSON object body (415 for another Content-Type), under the same limit as `read_body`."""
+    mimetype = _mimetype(request)
+    if not _is_json(mimetype):
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype or 'none'} is not supported; send application/json."
+        )
+    return _json_object(request)
+
+
+def _mimetype(request: Request) -> str:
+    content_type = request.environ.get("CONTENT_TYPE")
+    return "application/json" if content_type == "application/json" else request.mimetype
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def _json_object(request: Request) -> dict[str, Any]:
+    raw = _body_bytes(request)
+    try:
+        # orjson, not json: it also refuses what is not valid UTF-8 once decoded (a lone
+        # surrogate like "\ud800"), which no database can store, and NaN/Infinity.
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"The body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The JSON body must be an object.")
+    return body
 
 
 def _body_bytes(request: Request) -> bytes:

@@ -92,6 +92,15 @@ def test_list_show_rename_delete(client: FlaskClient) -> None:
     lone_surrogate = b'{"title": "half a pair \\ud800"}'
     assert_error_shape(client.patch(f"/conversations/{a['conversation_id']}", data=lone_surrogate,
                                     content_type="application/json"), 400)
+    rename = f"/conversations/{a['conversation_id']}"
+    assert_error_shape(client.patch(rename, data="{", content_type="application/json"), 400,
+                       "invalid_json")
+    assert_error_shape(client.patch(rename, json=["Renamed"]), 400)
+    assert_error_shape(client.patch(rename, data={"title": "Form"}), 415,
+                       "unsupported_media_type")
+    assert_error_shape(client.patch(rename, json={"title": "t" * 100_000}), 413,
+                       "prompt_too_large")
+    assert client.get(rename).get_json()["title"] == "Renamed"
     assert client.delete(f"/conversations/{a['conversation_id']}").status_code == 204
     assert_error_shape(client.get(f"/tickets/{a['id']}"), 404, "ticket_not_found")
     assert_error_shape(

@@ -12,6 +12,7 @@ from ..db import db
 from ..errors import InvalidRequest
 from ..identity import current_owner
 from ..models import Conversation, Ticket
+from ..validation import read_json_object
 
 bp = Blueprint("conversations", __name__)
 
@@ -63,8 +64,9 @@ def show_conversation(conversation_id: str) -> Response:
 def rename_conversation(conversation_id: str) -> Response:
     """Rename a conversation: JSON `{"title": "..."}`."""
     conversation = tickets.load_conversation(conversation_id, current_owner())
-    body = request.get_json(silent=True)
-    title = body.get("title") if isinstance(body, dict) else None
+    # Read as POST /new reads its body: werkzeug's get_json stopped a chunked body at the size
+    # limit without a word, so an oversized rename failed as invalid JSON, not 413.
+    title = read_json_object(request).get("title")
     if not isinstance(title, str) or not title.strip() or len(title) > 200:
         raise InvalidRequest("Send JSON `{\"title\": ...}` with 1 to 200 characters.")
     conversation.title = title.strip()

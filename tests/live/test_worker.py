@@ -92,10 +92,11 @@ def test_every_kind_of_response_is_framed_whole_on_one_keep_alive_connection(
     assert client.get("/healthz").status_code == 200
 
 
-def _raw_post_new(
-    port: int, framing: str, body: bytes, content_type: str = "application/json"
+def _raw_request(
+    port: int, request_line: str, framing: str, body: bytes,
+    content_type: str = "application/json", cookie: str = "",
 ) -> bytes:
-    """POST /new with the body framed by `framing`: a Content-Length or chunked; the head back."""
+    """A request with the body framed by `framing`: a Content-Length or chunked; the head back."""
     if framing == "chunked":
         framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
                           for part in (body[: len(body) // 2], body[len(body) // 2 :]))
@@ -103,10 +104,18 @@ def _raw_post_new(
         payload = framed + b"0\r\n\r\n"
     else:
         head, payload = b"Content-Length: %d\r\n\r\n" % len(body), body
+    if cookie:
+        head = b"Cookie: %s\r\n%s" % (cookie.encode(), head)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /new HTTP/1.1\r\nHost: relay\r\nContent-Type: %s\r\n%s%s"
-                     % (content_type.encode(), head, payload))
+        sock.sendall(b"%s HTTP/1.1\r\nHost: relay\r\nContent-Type: %s\r\n%s%s"
+                     % (request_line.encode(), content_type.encode(), head, payload))
         return _read_response(sock)
+
+
+def _raw_post_new(
+    port: int, framing: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
+    return _raw_request(port, "POST /new", framing, body, content_type)
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
@@ -139,6 +148,27 @@ def test_a_body_is_read_whole_under_the_limit_and_refused_over_it(
     too_big = _raw_post_new(relay.port, framing, encode("p" * 5000), content_type)
     assert too_big.startswith(b"HTTP/1.1 413"), too_big
     assert httpx.get(f"http://127.0.0.1:{relay.port}/healthz", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_rename_is_read_whole_under_the_limit_and_refused_over_it(
+    start_relay: Callable[..., RelayServer], framing: str
+) -> None:
+    # PATCH /conversations/<id> read its body through werkzeug's get_json, which stopped a
+    # chunked body at the limit without a word: an oversized rename answered 400, not 413.
+    relay = start_relay({"RELAY_MAX_PROMPT_BYTES": "4096"}, workers=1)
+    base = f"http://127.0.0.1:{relay.port}"
+    created = httpx.post(f"{base}/new", json={"prompt": "to be renamed"}, timeout=30)
+    cookie = f"relay_session={created.cookies['relay_session']}"
+    rename = f"PATCH /conversations/{created.json()['conversation_id']}"
+    head = _raw_request(relay.port, rename, framing, json.dumps({"title": "Renamed"}).encode(),
+                        cookie=cookie)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    too_big = json.dumps({"title": "t" * 5000}).encode()
+    head = _raw_request(relay.port, rename, framing, too_big, cookie=cookie)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    listed = httpx.get(f"{base}/conversations", headers={"Cookie": cookie}, timeout=30)
+    assert [c["title"] for c in listed.json()["conversations"]] == ["Renamed"]
 
 
 def test_responses_carry_the_current_date(client: httpx.Client) -> None:
