@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flask import Flask, Response, url_for
+from flask import Flask, Response, has_app_context, has_request_context, url_for
 from werkzeug.test import EnvironBuilder
 
 from relay.application import PreparedResponse, RelayFlask
@@ -95,3 +95,48 @@ def test_a_prepared_stream_is_its_generator_and_head_drops_the_body() -> None:
     head = PreparedResponse(b"body", 200).get_wsgi_response(
         EnvironBuilder(method="HEAD").get_environ())
     assert list(head[0]) == []
+
+
+def _teardown_app(body: Any) -> tuple[RelayFlask, list[str]]:
+    app = RelayFlask(__name__)
+    torn_down: list[str] = []
+    app.add_url_rule("/answer", "answer", lambda: body)
+    app.teardown_request(lambda error: torn_down.append(f"request {error!r}"))
+    app.teardown_appcontext(lambda error: torn_down.append(f"app {error!r}"))
+    return app, torn_down
+
+
+def _call(app: Flask, **environ: Any) -> tuple[Any, list[str]]:
+    started: list[str] = []
+    wsgi_environ = {**EnvironBuilder(path="/answer").get_environ(), **environ}
+    body = app.wsgi_app(wsgi_environ, lambda status, headers, exc_info=None: started.append(status))
+    return body, started
+
+
+def test_under_gunicorn_a_prepared_body_is_torn_down_when_closed_after_sending() -> None:
+    # gunicorn writes the body, then closes it: the teardown runs at the close, so it no longer
+    # delays the answer, and still runs exactly once, with the contexts gone after it.
+    app, torn_down = _teardown_app(PreparedResponse(b'{"id": "t1"}', 201))
+    body, started = _call(app, **{"gunicorn.socket": object()})
+    assert started == ["201 CREATED"] and list(body) == [b'{"id": "t1"}']
+    assert torn_down == []
+    body.close()
+    body.close()
+    assert torn_down == ["request None", "app None"]
+    assert not has_request_context() and not has_app_context()
+
+
+@pytest.mark.parametrize("case", ["not gunicorn", "werkzeug's Response", "an error"])
+def test_anything_else_is_torn_down_before_its_body_is_returned(case: str) -> None:
+    body: Any = Response("plain") if case == "werkzeug's Response" else PreparedResponse(b"ok")
+    app, torn_down = _teardown_app(body)
+    if case == "an error":
+        app.add_url_rule("/answer", "fails", lambda: 1 / 0, methods=["POST"])
+        returned, _ = _call(app, REQUEST_METHOD="POST", **{"gunicorn.socket": object()})
+        assert torn_down == ["request ZeroDivisionError('division by zero')",
+                             "app ZeroDivisionError('division by zero')"]
+    else:
+        environ = {} if case == "not gunicorn" else {"gunicorn.socket": object()}
+        returned, _ = _call(app, **environ)
+        assert torn_down == ["request None", "app None"]
+    assert b"".join(returned)
