@@ -64,8 +64,8 @@ class RelayFlask(Flask):
     ) -> Iterable[bytes]:
         """Flask's, except that under gunicorn a PreparedResponse of bytes is sent before the
         request's teardown: gunicorn closes a body right after writing it, and the teardown
-        (contexts popped, the session removed) no longer delays `POST /new`'s answer (~0.1 ms
-        of the first token, side by side). Anything else, and other servers (the test client
+        (contexts popped, the session removed) no longer delays `POST /new`'s answer (0.15-0.22
+        ms of the first token, side by side). Anything else, and other servers (the test client
         closes a body only when told to), get Flask's own order."""
         if "gunicorn.socket" not in environ or "werkzeug.debug.preserve_context" in environ:
             return super().wsgi_app(environ, start_response)
