@@ -13,7 +13,8 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,22 +266,28 @@ def read_state(ticket_id: str) -> TicketState | None:
     return None if row is None else TicketState(row.status, row.lease_expires_at, row.last_seq)
 
 
-def claim_ticket(
+@contextmanager
+def claiming(
     ticket_id: str, owner: str, worker_id: str, lease_seconds: float
-) -> dict[str, Any] | None:
+) -> Iterator[dict[str, Any] | None]:
     """Atomically move `owner`'s pending ticket to running for `worker_id`.
 
-    Returns the stored request to the one winner, None to everyone else (including for unknown,
-    not-yours, and already started tickets, which `load_ticket` then tells apart).
+    Yields the stored request to the one winner, None to everyone else (including for unknown,
+    not-yours, and already started tickets, which `load_ticket` then tells apart), inside the
+    claim's transaction: it commits when the block ends and rolls back if the block raises.
+    Until then it holds the ticket (SQLite's write lock, PostgreSQL's row lock), so the winner
+    may send its upstream request first. The block must not wait: on SQLite, every other writer
+    waits for it.
     """
     if not is_valid_id(ticket_id):
-        return None
+        yield None
+        return
     now = time.time()
     with sql.Transaction(db.engine) as tx:
         row = tx.execute(
             _CLAIM_TICKET, (worker_id, now, now + lease_seconds, ticket_id, owner)
         ).fetchone()
-    return None if row is None else sql.json_value(row[0])
+        yield None if row is None else sql.json_value(row[0])
 
 
 def check_claims(

@@ -75,15 +75,11 @@ def stream(ticket_id: str) -> Response:
         tickets.load_ticket(ticket_id, owner)  # an unknown ticket is 404 first
         raise InvalidRequest(str(exc), code="invalid_last_event_id") from exc
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    config = app.config
     # The first reader claims with one statement; everyone else reads the row. A HEAD (which
     # Flask answers with this view) gets the GET's status and headers without starting a call.
-    claimed = None if environ["REQUEST_METHOD"] == "HEAD" else tickets.claim_ticket(
-        ticket_id, owner, generation.worker_id(), config["LEASE_SECONDS"]
-    )
-    if claimed is not None:
-        generation.start_generation(app, ticket_id, claimed)
-    else:
+    if environ["REQUEST_METHOD"] == "HEAD" or not generation.claim_and_start(
+        app, ticket_id, owner
+    ):
         ticket = tickets.load_ticket(ticket_id, owner)
         if ticket.status in FINISHED_STATUSES:
             if last_seen == ticket.last_seq:
