@@ -1,13 +1,20 @@
-"""The claim: one winner per ticket, holding the ticket until its block ends (real SQLite)."""
+"""The claim: one winner per ticket, holding the ticket until its block ends, and a commit that
+fails closing the upstream call it started (real SQLite)."""
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from flask import Flask
 
-from relay import tickets
+from relay import generation, tickets
 from relay.db import db
 
 _CLAIM_BEHIND_ITS_BACK = "UPDATE tickets SET status = 'running' WHERE id = ? AND status = 'pending'"
@@ -64,3 +71,58 @@ def test_no_claim_for_a_bad_id_or_another_owner(app: Flask, ticket_id: str | Non
         with tickets.claiming(ticket_id or real, owner, "a", 30) as request:
             assert request is None
         assert tickets.load_ticket(real, "owner").status == "pending"
+
+
+class _StartedCall:
+    """What an Upstream's `stream` returns: an iterator whose close closes the upstream call."""
+
+    closed = False
+
+    def __iter__(self) -> _StartedCall:
+        return self
+
+    def __next__(self) -> None:
+        raise StopIteration
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Upstream:
+    def __init__(self) -> None:
+        self.calls: list[_StartedCall] = []
+
+    def stream(self, request: Any) -> _StartedCall:
+        self.calls.append(_StartedCall())
+        return self.calls[-1]
+
+
+@contextmanager
+def _wal_cannot_grow(app: Flask) -> Iterator[None]:
+    """A real write failure for the next commit: the process may not grow any file (the WAL
+    grows at every commit here), so SQLite's write fails and the commit raises."""
+    with app.app_context():
+        wal = f"{db.engine.url.database}-wal"
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal), limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def test_a_claim_whose_commit_fails_closes_its_upstream_call_and_stays_pending(
+    app: Flask,
+) -> None:
+    ticket_id = _pending_ticket(app)
+    upstream = app.extensions["relay"].upstream = _Upstream()
+    with app.app_context():
+        with _wal_cannot_grow(app), pytest.raises(sqlite3.OperationalError):
+            generation.claim_and_start(app, ticket_id, "owner")
+        assert len(upstream.calls) == 1 and upstream.calls[0].closed
+        assert generation.live_log(ticket_id) is None
+        assert tickets.load_ticket(ticket_id, "owner").status == "pending"
+        with tickets.claiming(ticket_id, "owner", "b", 30) as request:
+            assert request is not None
