@@ -24,7 +24,7 @@ from .broker import Broker
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
 from .writer import BatchWriter, worker_id
 
-__all__ = ["LiveLog", "claim_and_start", "live_log", "stop_all", "worker_id"]
+__all__ = ["LiveLog", "claim_and_start", "live_log", "producer_greenlet", "stop_all", "worker_id"]
 
 log = logging.getLogger("relay.generation")
 
@@ -99,6 +99,12 @@ def live_log(ticket_id: str) -> LiveLog | None:
     """The in-memory log of a ticket this process is generating, else None."""
     producer = _producers.get(ticket_id)
     return producer.log if producer is not None else None
+
+
+def producer_greenlet(ticket_id: str) -> gevent.Greenlet | None:
+    """The greenlet generating a ticket in this process (it ends when `done` is stored)."""
+    producer = _producers.get(ticket_id)
+    return producer.greenlet if producer is not None else None
 
 
 def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:

@@ -50,6 +50,18 @@ def encode_json(data: bytes, *, id: int) -> bytes:
     return b"id: %d\ndata: %s\n\n" % (id, data)
 
 
+def event_and_data(frame: bytes) -> tuple[str | None, bytes]:
+    """The event name (None for the default `message`) and the data of one block relay encoded
+    itself, whose data is one line (JSON text)."""
+    event = None
+    for line in frame.split(b"\n"):
+        if line.startswith(b"event: "):
+            event = line[7:].decode()
+        elif line.startswith(b"data: "):
+            return event, line[6:]
+    raise ValueError("an event block without data")
+
+
 def _single_line(field: str, value: str) -> str:
     if "\n" in value or "\r" in value or "\0" in value:
         raise ValueError(f"{field} may not contain line breaks or NUL")

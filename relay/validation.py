@@ -1,9 +1,11 @@
-"""Turn a request body into a validated NewTicket (or a JSON object), or a clear 400/413/415."""
+"""Turn a request body into a validated NewTicket (from `POST /new` or an OpenAI-style chat
+completion request) or a JSON object, or a clear 400/413/415."""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +20,12 @@ ROLES = ("system", "user", "assistant")
 _FIELDS = {
     "prompt", "messages", "conversation_id", "model", "temperature", "max_tokens", "system",
     "regenerate",
+}
+# What relay forwards of an OpenAI chat completion request; anything else is refused by name
+# rather than dropped without a word.
+_CHAT_FIELDS = {
+    "model", "messages", "stream", "stream_options", "temperature", "max_tokens",
+    "max_completion_tokens",
 }
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -144,6 +152,77 @@ def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
     )
 
 
+@dataclass(frozen=True)
+class ChatCompletionRequest:
+    """A validated `POST /v1/chat/completions` body: the ticket to store, and how to answer."""
+
+    ticket: NewTicket
+    stream: bool
+    include_usage: bool
+
+
+def parse_chat_completion(body: dict[str, Any], default_model: str) -> ChatCompletionRequest:
+    """Validate an OpenAI chat completion request (text messages, no tools)."""
+    unknown = sorted(set(body) - _CHAT_FIELDS)
+    if unknown:
+        raise InvalidRequest(
+            f"Unknown field `{unknown[0]}`: relay forwards only "
+            f"{', '.join(f'`{name}`' for name in sorted(_CHAT_FIELDS))}.",
+            code="unknown_field",
+        )
+    if "messages" not in body:
+        raise InvalidRequest("The `messages` field is required.", code="invalid_messages")
+    messages = body["messages"]
+    if isinstance(messages, list):
+        messages = [_text_message(index, item) for index, item in enumerate(messages)]
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("`stream` must be true or false.")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise InvalidRequest("`stream_options` is only allowed with `stream: true`.")
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise InvalidRequest("`stream_options` may only hold `include_usage`.")
+        include_usage = options.get("include_usage", False)
+        if not isinstance(include_usage, bool):
+            raise InvalidRequest("`stream_options.include_usage` must be true or false.")
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        raise InvalidRequest("Give either `max_tokens` or `max_completion_tokens`, not both.")
+    tokens_field = "max_tokens" if body.get("max_completion_tokens") is None else (
+        "max_completion_tokens")
+    ticket = NewTicket(
+        prompt=None,
+        messages=_messages(messages),
+        conversation_id=None,
+        model=_optional_str(body, "model", 200) or default_model,
+        system=None,
+        temperature=_temperature(body.get("temperature")),
+        max_tokens=_max_tokens(body.get(tokens_field), tokens_field),
+        regenerate=False,
+    )
+    return ChatCompletionRequest(ticket, stream, include_usage)
+
+
+def _text_message(index: int, item: Any) -> Any:
+    """An OpenAI message whose content is a list of text parts, with the parts joined; any other
+    value as it is, for `_messages` to check."""
+    if not isinstance(item, dict) or not isinstance(item.get("content"), list):
+        return item
+    texts = []
+    for part in item["content"]:
+        if not (isinstance(part, dict) and part.get("type") == "text"
+                and isinstance(part.get("text"), str) and set(part) == {"type", "text"}):
+            raise InvalidRequest(
+                f"messages[{index}].content may only hold text parts "
+                '(`{"type": "text", "text": "..."}`).',
+                code="invalid_messages",
+            )
+        texts.append(part["text"])
+    return {**item, "content": "".join(texts)}
+
+
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise InvalidRequest("`messages` must be a non-empty list.", code="invalid_messages")
@@ -193,9 +272,9 @@ def _temperature(value: Any) -> float | None:
     return float(value)
 
 
-def _max_tokens(value: Any) -> int | None:
+def _max_tokens(value: Any, name: str = "max_tokens") -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest("`max_tokens` must be a positive integer.")
+        raise InvalidRequest(f"`{name}` must be a positive integer.")
     return value

@@ -57,3 +57,11 @@ def test_parse_last_event_id(raw: str | None, expected: int | None) -> None:
 def test_parse_last_event_id_rejects(raw: str) -> None:
     with pytest.raises(ValueError):
         sse.parse_last_event_id(raw)
+
+
+def test_event_and_data_reads_back_the_blocks_relay_encodes() -> None:
+    assert sse.event_and_data(sse.encode_json(b'{"delta": "a"}', id=3)) == (None, b'{"delta": "a"}')
+    done = sse.encode('{"status": "completed"}', event="done", id=4)
+    assert sse.event_and_data(done) == ("done", b'{"status": "completed"}')
+    with pytest.raises(ValueError):
+        sse.event_and_data(sse.PING)

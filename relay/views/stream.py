@@ -4,14 +4,15 @@ The body is a plain generator handed plain values (never the `request` proxy). I
 `retry:`, then the committed events after the client's last id (from this worker's LiveLog while
 it generates the ticket, else from the database), waiting on the broker in between and sending
 `: ping` when the heartbeat interval passes in silence, until it has sent `done`. Whether a
-disconnect stops generation is decided here, in `_reader_left`.
+disconnect stops generation is decided here, in `_reader_left`. `/v1/chat/completions` streams
+through the same generator, rendering the frames as OpenAI's chunks.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import gevent
@@ -34,10 +35,10 @@ _local_readers: Counter[str] = Counter()
 
 
 @dataclass(frozen=True)
-class _StreamSettings:
+class StreamSettings:
     heartbeat: float
     poll: float
-    retry_frame: bytes
+    retry_frame: bytes | None
     cancel_on_disconnect: bool
     disconnect_grace: float
 
@@ -45,13 +46,13 @@ class _StreamSettings:
 _SETTINGS_KEY = "relay.stream_settings"
 
 
-def _stream_settings(app: Flask) -> _StreamSettings:
+def stream_settings(app: Flask) -> StreamSettings:
     """The app's stream settings, made on its first stream and kept in its extensions."""
-    settings: _StreamSettings | None = app.extensions.get(_SETTINGS_KEY)
+    settings: StreamSettings | None = app.extensions.get(_SETTINGS_KEY)
     if settings is not None:
         return settings
     config = app.config
-    settings = app.extensions[_SETTINGS_KEY] = _StreamSettings(
+    settings = app.extensions[_SETTINGS_KEY] = StreamSettings(
         heartbeat=config["HEARTBEAT_SECONDS"],
         poll=config["POLL_MS"] / 1000.0,
         retry_frame=sse.encode(retry=config["RETRY_MS"]),
@@ -86,8 +87,8 @@ def stream(ticket_id: str) -> Response:
                 return Response(status=204)
             # An id past `done` was never sent by relay; answer `done`, not an endless stream.
             last_seen = min(last_seen, ticket.last_seq - 1)
-    settings = _stream_settings(app)
-    body = _event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
+    settings = stream_settings(app)
+    body = event_stream(app, app.extensions["relay"].broker, ticket_id, last_seen, settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
     return PreparedResponse(
@@ -96,14 +97,18 @@ def stream(ticket_id: str) -> Response:
     )
 
 
-def _event_stream(
-    app: Flask, broker: Broker, ticket_id: str, last_seen: int, settings: _StreamSettings
+def event_stream(
+    app: Flask, broker: Broker, ticket_id: str, last_seen: int, settings: StreamSettings,
+    render: Callable[[list[bytes]], bytes] = b"".join,
 ) -> Iterator[bytes]:
+    """The committed events after `last_seen`, each batch of frames as `render` makes it bytes,
+    with heartbeats in between, until `done`."""
     _local_readers[ticket_id] += 1
     metrics.soon(metrics.STREAMS_OPEN.inc)
     broker.watch(ticket_id)
     try:
-        yield settings.retry_frame
+        if settings.retry_frame is not None:
+            yield settings.retry_frame
         last_write = time.monotonic()
         live: generation.LiveLog | None = None
         while True:
@@ -114,10 +119,10 @@ def _event_stream(
             if from_memory is None:
                 # Not generated here, or this reader is behind what the LiveLog keeps.
                 live = None
-                from_memory = _stored_frames(app, ticket_id, last_seen)
+                from_memory = stored_frames(app, ticket_id, last_seen)
             frames, done = from_memory
             if frames:
-                yield b"".join(frames)
+                yield render(frames)
                 last_seen += len(frames)
                 last_write = time.monotonic()
                 if done:
@@ -131,7 +136,7 @@ def _event_stream(
             if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
                 final = _done_if_abandoned(app, broker, ticket_id, last_seen)
                 if final:
-                    yield b"".join(final)
+                    yield render(final)
                     return
     finally:
         broker.unwatch(ticket_id)
@@ -139,7 +144,7 @@ def _event_stream(
         _reader_left(app, broker, ticket_id, settings)
 
 
-def _stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[bytes], bool]:
+def stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[bytes], bool]:
     """Encoded events after `last_seen` from the database, and whether they end with `done`."""
     with app.app_context():
         events = tickets.events_after(ticket_id, last_seen)
@@ -170,11 +175,11 @@ def _done_if_abandoned(
         payload = tickets.done_payload("cancelled", "cancelled", None, None)
         return [sse.encode(payload, event="done", id=last_seen + 1)]
     if state.status in FINISHED_STATUSES and 0 < state.done_seq <= last_seen:
-        return _stored_frames(app, ticket_id, state.done_seq - 1)[0]
+        return stored_frames(app, ticket_id, state.done_seq - 1)[0]
     return []
 
 
-def _reader_left(app: Flask, broker: Broker, ticket_id: str, settings: _StreamSettings) -> None:
+def _reader_left(app: Flask, broker: Broker, ticket_id: str, settings: StreamSettings) -> None:
     _local_readers[ticket_id] -= 1
     if _local_readers[ticket_id] > 0:
         return
