@@ -138,8 +138,9 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for label, values in rows:
         lines.append(f"| {label} | " + " | ".join(values.get(c, "–") for c in cols) + " |")
-    if ttft.get("relay_v1"):
+    if isinstance(ttft.get("relay_v1"), str):
         lines += ["", f"relay `/v1/chat/completions` TTFT: {ttft['relay_v1']}"]
+    lines += _v1_note(ttft.get("added_relay_v1", {}))
     lines += _floor_note(added, added_warm)
     lines += _new_visitor_note(ttft.get("added_new_visitor", {}))
     lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -160,6 +161,18 @@ def _floor_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str]:
         return []
     return ["", "The floor (the contract's two steps on gunicorn's gevent worker and Flask, "
             "nothing stored, checked or parsed) adds " + "; ".join(parts) + "."]
+
+
+def _v1_note(added: dict[str, Any]) -> list[str]:
+    v1, lite = _get(added, "relay_v1", "median_ms"), _get(added, "litellm", "median_ms")
+    if v1 is None:
+        return []
+    line = (f"Relay's `/v1/chat/completions` (one streaming request, as LiteLLM's), interleaved "
+            f"again with the others: adds {v1:.2f} / {_get(added, 'relay_v1', 'p99_ms'):.2f} ms "
+            f"(median / p99)")
+    if lite:
+        line += f"; LiteLLM in the same pass {lite:.2f} ms (ratio {v1 / lite:.3f})"
+    return ["", line + "."]
 
 
 def _new_visitor_note(added: dict[str, Any]) -> list[str]:

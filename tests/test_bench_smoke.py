@@ -39,6 +39,10 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     assert data["ttft"]["new_visitor"]["relay"]["n"] > 0, data["ttft"]["new_visitor"]
     assert "relay" in data["ttft"]["added_new_visitor"]
     assert "Relay with a new visitor on every stream" in completed.stdout
+    v1 = data["ttft"]["relay_v1"]
+    assert v1["relay_v1"]["n"] > 0 and v1["relay_v1"]["errors"] == 0, v1
+    assert data["ttft"]["added_relay_v1"]["relay_v1"]["median_ms"] > 0
+    assert "Relay's `/v1/chat/completions` (one streaming request" in completed.stdout
     for name in ("relay", "direct"):
         assert data["ttft"]["warm"][name]["n"] > 0, data["ttft"]["warm"]
 
