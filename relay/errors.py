@@ -55,6 +55,11 @@ class ConversationNotFound(NotFound):
     code = "conversation_not_found"
 
 
+class InternalError(RelayError):
+    status = 500
+    code = "internal_error"
+
+
 class Conflict(RelayError):
     status = 409
     code = "conflict"

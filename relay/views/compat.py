@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from .. import generation, metrics, sse, tickets
 from ..application import PreparedResponse
 from ..broker import Broker
-from ..errors import RelayError
+from ..errors import InternalError
 from ..identity import current_owner
 from ..upstream import UpstreamError
 from ..validation import parse_chat_completion, read_json_object
@@ -67,7 +67,7 @@ def chat_completions() -> Response:
     metrics.soon(metrics.TICKETS_CREATED.inc)
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not generation.claim_and_start(app, ticket.id, owner):
-        raise RelayError("The new ticket could not be claimed.", code="internal_error")
+        raise InternalError("The new ticket could not be claimed.")
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:
         return _whole_answer(app, state.broker, ticket.id, owner, chunks)
@@ -201,7 +201,7 @@ def _whole_answer(
     if ticket.status == "failed":
         return _failure_response({"code": ticket.error_code, "message": ticket.error_message})
     if ticket.status == "running":
-        raise RelayError("The end of the answer could not be stored.", code="internal_error")
+        raise InternalError("The end of the answer could not be stored.")
     text, _ = tickets.ticket_progress(ticket_id)
     return PreparedResponse(
         chunks.whole(text, ticket.finish_reason, ticket.usage), 200,

@@ -3,6 +3,7 @@ whole answers, upstream faults before and after the first token, and a client th
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -143,3 +144,25 @@ def test_leaving_a_whole_completion_closes_the_upstream_call(
     # because the client left, not because the upstream went silent.
     assert call.ended.wait(10) and call.disconnected
     assert time.monotonic() - started < 2.5
+
+
+def test_a_silent_upstream_is_a_504_for_a_whole_answer(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.chat.completions.create(model="stall:0", messages=ask("anyone there?"))
+    assert caught.value.status_code == 504 and caught.value.code == "upstream_timeout"
+
+
+def test_a_slow_first_token_gets_the_head_and_heartbeats_meanwhile(
+    relay: RelayServer, http: httpx.Client
+) -> None:
+    # The relay's heartbeat is 1 s and the first token comes after 2.2 s: the head is sent after
+    # one heartbeat interval, then a `: ping`, then the chunks.
+    body = {"model": "echo:2200", "messages": ask("slowly"), "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    first_data = next(i for i, line in enumerate(lines) if line.startswith("data: "))
+    assert ": ping" in lines[:first_data]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(line[6:]) for line in lines[first_data:-1] if line.startswith("data: ")]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "slowly"
