@@ -89,7 +89,7 @@ class _Chunks:
     __slots__ = ("_head", "_include_usage", "_role_sent")
 
     def __init__(self, ticket_id: str, model: str, include_usage: bool) -> None:
-        self._head = {"id": completion_id(ticket_id), "object": "chat.completion.chunk",
+        self._head = {"id": _completion_id(ticket_id), "object": "chat.completion.chunk",
                       "created": int(time.time()), "model": model}
         self._include_usage = include_usage
         self._role_sent = False
@@ -133,7 +133,7 @@ class _Chunks:
         return frames + [_DONE_FRAME]
 
 
-def completion_id(ticket_id: str) -> str:
+def _completion_id(ticket_id: str) -> str:
     """The completion's OpenAI id: its ticket's, so `GET /tickets/<id>` finds it."""
     return f"chatcmpl-{ticket_id}"
 

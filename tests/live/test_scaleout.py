@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
+import openai
 import psycopg
 import pytest
 import redis
@@ -112,3 +113,30 @@ def test_cancel_on_one_host_stops_the_producer_on_the_other(
     assert call.ended.wait(10) and call.disconnected
     assert received[-1][2]["status"] == "cancelled"
     assert text_of(received) == (f"{tag} " + "x" * 200)[:9]  # the three chunks sent
+
+
+def test_an_openai_stream_on_one_host_is_cancelled_from_the_other(
+    hosts: tuple[RelayServer, RelayServer], upstream: FakeUpstream
+) -> None:
+    a, b = hosts
+    tag = uuid.uuid4().hex[:10]
+    with httpx.Client(base_url=a.url, timeout=30) as on_a:
+        sdk = openai.OpenAI(base_url=a.url + "/v1", api_key="unused", http_client=on_a,
+                            max_retries=0)
+        whole = sdk.chat.completions.create(model="echo", messages=[
+            {"role": "user", "content": f"{tag} on PostgreSQL"}])
+        assert whole.choices[0].message.content == f"{tag} on PostgreSQL"
+        stream = sdk.chat.completions.create(
+            model="stall:3", messages=[{"role": "user", "content": f"{tag} " + "x" * 200}],
+            stream=True,
+        )
+        chunks = [next(stream) for _ in range(3)]
+        ticket_id = chunks[0].id.removeprefix("chatcmpl-")
+        with httpx.Client(base_url=b.url, timeout=30, cookies=dict(on_a.cookies)) as on_b:
+            assert on_b.post(f"/sse/{ticket_id}/cancel").status_code == 202
+        chunks += list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == (f"{tag} " + "x" * 200)[:9]  # the three chunks sent
+    assert chunks[-1].choices[0].finish_reason == "cancelled"
+    call = upstream.calls_with(f"{tag} x")[0]
+    assert call.ended.wait(10) and call.disconnected
