@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("relay")
@@ -78,8 +78,12 @@ _HTTP_CODES = {
 
 
 def error_response(status: int, code: str, message: str) -> Response:
-    """Build the contract's JSON error response."""
-    response = jsonify({"error": {"code": code, "message": message}})
+    """Build the contract's JSON error response; under `/v1/` with OpenAI's `type` as well,
+    which its SDKs expose."""
+    error = {"code": code, "message": message}
+    if has_request_context() and request.path.startswith("/v1/"):
+        error["type"] = "invalid_request_error" if status < 500 else "server_error"
+    response = jsonify({"error": error})
     response.status_code = status
     return response
 

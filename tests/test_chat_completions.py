@@ -63,6 +63,7 @@ def test_every_bad_body_is_a_clear_400_and_stores_nothing(
 ) -> None:
     error = assert_error_shape(post(client, body), 400, code)
     assert needle in error["message"]
+    assert error["type"] == "invalid_request_error"  # OpenAI's, which its SDKs expose
     assert ticket_count(app) == 0
 
 
@@ -72,6 +73,8 @@ def test_a_body_that_is_not_json_is_refused(app: Flask, client: FlaskClient) -> 
     assert_error_shape(client.post(URL, data={"messages": "x"}), 415, "unsupported_media_type")
     too_big = {"messages": [{"role": "user", "content": "x" * 70_000}]}
     assert_error_shape(post(client, too_big), 413)
+    assert assert_error_shape(client.get("/v1/nothing"), 404)["type"] == "invalid_request_error"
+    assert "type" not in assert_error_shape(client.post("/new", json={}), 400)
     assert ticket_count(app) == 0
     assert post(client, {"model": "mock-echo", "messages": HELLO}).status_code == 200
 

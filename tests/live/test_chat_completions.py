@@ -113,6 +113,7 @@ def test_bad_input_through_the_sdk_is_refused_by_name(sdk: openai.OpenAI) -> Non
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.chat.completions.create(model="echo", messages=ask("hi"), top_p=0.5)
     assert caught.value.code == "unknown_field" and "`top_p`" in caught.value.message
+    assert caught.value.type == "invalid_request_error"
 
 
 def test_leaving_a_stream_closes_the_upstream_call(
