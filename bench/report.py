@@ -140,9 +140,12 @@ def markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(values.get(c, "–") for c in cols) + " |")
     if isinstance(ttft.get("relay_v1"), str):
         lines += ["", f"relay `/v1/chat/completions` TTFT: {ttft['relay_v1']}"]
-    lines += _v1_note(ttft.get("added_relay_v1", {}))
+    lines += _pass_note(ttft.get("added_relay_v1", {}), "relay_v1",
+                        "Relay's `/v1/chat/completions` (one streaming request, as LiteLLM's)")
     lines += _floor_note(added, added_warm)
-    lines += _new_visitor_note(ttft.get("added_new_visitor", {}))
+    lines += _pass_note(ttft.get("added_new_visitor", {}), "relay",
+                        "Relay with a new visitor on every stream (a cookie made and signed each "
+                        "time; the table's relay is one returning visitor)")
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for check in data.get("targets", []):
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
@@ -163,27 +166,15 @@ def _floor_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str]:
             "nothing stored, checked or parsed) adds " + "; ".join(parts) + "."]
 
 
-def _v1_note(added: dict[str, Any]) -> list[str]:
-    v1, lite = _get(added, "relay_v1", "median_ms"), _get(added, "litellm", "median_ms")
-    if v1 is None:
+def _pass_note(added: dict[str, Any], name: str, what: str) -> list[str]:
+    """One more interleaved pass's line: `name`'s added TTFT, and its ratio to LiteLLM's."""
+    median, lite = _get(added, name, "median_ms"), _get(added, "litellm", "median_ms")
+    if median is None:
         return []
-    line = (f"Relay's `/v1/chat/completions` (one streaming request, as LiteLLM's), interleaved "
-            f"again with the others: adds {v1:.2f} / {_get(added, 'relay_v1', 'p99_ms'):.2f} ms "
+    line = (f"{what}, interleaved again: adds {median:.2f} / {_get(added, name, 'p99_ms'):.2f} ms "
             f"(median / p99)")
     if lite:
-        line += f"; LiteLLM in the same pass {lite:.2f} ms (ratio {v1 / lite:.3f})"
-    return ["", line + "."]
-
-
-def _new_visitor_note(added: dict[str, Any]) -> list[str]:
-    relay, lite = _get(added, "relay", "median_ms"), _get(added, "litellm", "median_ms")
-    if relay is None:
-        return []
-    line = (f"Relay with a new visitor on every stream (a cookie made and signed each time; the "
-            f"table's relay is one returning visitor), interleaved again: adds {relay:.2f} / "
-            f"{_get(added, 'relay', 'p99_ms'):.2f} ms (median / p99)")
-    if lite:
-        line += f"; LiteLLM in the same pass {lite:.2f} ms (ratio {relay / lite:.3f})"
+        line += f"; LiteLLM in the same pass {lite:.2f} ms (ratio {median / lite:.3f})"
     return ["", line + "."]
 
 
