@@ -77,12 +77,12 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str) -> Response:
-    """Build the contract's JSON error response; under `/v1/` with OpenAI's `type` as well,
-    which its SDKs expose."""
+def error_response(status: int, code: str, message: str, type: str | None = None) -> Response:
+    """Build the contract's JSON error response; under `/v1/` with OpenAI's `type` as well
+    (`type`, else by the status), which its SDKs expose."""
     error = {"code": code, "message": message}
     if has_request_context() and request.path.startswith("/v1/"):
-        error["type"] = "invalid_request_error" if status < 500 else "server_error"
+        error["type"] = type or ("invalid_request_error" if status < 500 else "server_error")
     response = jsonify({"error": error})
     response.status_code = status
     return response

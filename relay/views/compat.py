@@ -22,7 +22,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from .. import generation, metrics, sse, tickets
 from ..application import PreparedResponse
 from ..broker import Broker
-from ..errors import InternalError
+from ..errors import InternalError, error_response
 from ..identity import current_owner
 from ..upstream import UpstreamError
 from ..validation import parse_chat_completion, read_json_object
@@ -70,7 +70,7 @@ def chat_completions() -> Response:
         raise InternalError("The new ticket could not be claimed.")
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:
-        return _whole_answer(app, state.broker, ticket.id, owner, chunks)
+        return _whole_answer(state.broker, ticket.id, owner, chunks)
     settings = _completion_settings(app)
     _wait_for_first_event(state.broker, ticket.id, settings.heartbeat)
     error = _failure_before_first_token(app, ticket.id)
@@ -181,16 +181,11 @@ def _failure_before_first_token(app: Flask, ticket_id: str) -> dict[str, str] | 
 
 
 def _failure_response(error: dict[str, str]) -> Response:
-    status = _FAILURE_STATUS.get(error["code"], 502)
-    body = {"error": {"code": error["code"], "message": error["message"], "type": "upstream_error"}}
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return error_response(_FAILURE_STATUS.get(error["code"], 502), error["code"],
+                          error["message"], type="upstream_error")
 
 
-def _whole_answer(
-    app: Flask, broker: Broker, ticket_id: str, owner: str, chunks: _Chunks
-) -> Response:
+def _whole_answer(broker: Broker, ticket_id: str, owner: str, chunks: _Chunks) -> Response:
     """Wait for the end of generation (cancelling it if the client leaves), then answer it."""
     producer = generation.producer_greenlet(ticket_id)
     if producer is not None and _left_before(request.environ.get("gunicorn.socket"), producer):
