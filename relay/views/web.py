@@ -1,4 +1,4 @@
-"""`GET /`: the chat page, and `/static/<path>` for the files of `frontend/`."""
+"""`GET /`: the chat page, and `/static/<path>` for the files of `relay/frontend/`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import Blueprint, Response, send_from_directory
 
 bp = Blueprint("web", __name__)
 
-FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+FRONTEND_DIR = Path(__file__).resolve().parents[1] / "frontend"
 # The page's own <meta> policy, plus what only a header can say (no framing: clickjacking).
 PAGE_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
