@@ -29,7 +29,8 @@ def finish(client: FlaskClient, ticket_id: str) -> bytes:
 
 
 def test_follow_up_sends_earlier_turns_upstream(app: Flask, client: FlaskClient) -> None:
-    first = client.post("/new", json={"prompt": "first question", "system": "be brief"})
+    first = client.post("/new", json={"prompt": "first question", "system": "be brief",
+                                      "model": "mock-echo"})
     body = first.get_json()
     assert b"event: done" in finish(client, body["id"])
     second = client.post(
@@ -154,13 +155,14 @@ def test_a_ticket_deleted_behind_its_producers_back_stops_it_and_not_the_others(
     # chunks no longer fit the store. It must stop, and the other streams' chunks, which share
     # its batches, must go on being committed.
     client = slow_app.test_client()
-    doomed = client.post("/new", json={"prompt": "d" * 8000}).get_json()  # 2,000 chunks, 4 s
+    # mock-echo streams 8,000 characters as 2,000 chunks (4 s), 400 as 100.
+    doomed = client.post("/new", json={"prompt": "d" * 8000, "model": "mock-echo"}).get_json()
     doomed_stream = gevent.spawn(finish, client, doomed["id"])
     while (live := generation.live_log(doomed["id"])) is None or live.visible < 5:
         gevent.sleep(0.01)
     with slow_app.app_context():
         tickets.delete_conversation(db.session.get(Conversation, doomed["conversation_id"]))
-    other = client.post("/new", json={"prompt": "o" * 400}).get_json()
+    other = client.post("/new", json={"prompt": "o" * 400, "model": "mock-echo"}).get_json()
     body = finish(client, other["id"]).decode()
     assert body.count('data: {"delta"') == 100 and '"status": "completed"' in body
     doomed_body = doomed_stream.get(timeout=10).decode()

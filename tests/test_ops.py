@@ -25,7 +25,7 @@ def test_metrics_count_created_tickets(client: FlaskClient) -> None:
 def test_models_lists_the_mock_default_first(client: FlaskClient) -> None:
     body = client.get("/v1/models").get_json()
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == ["mock-echo", "mock-chat"]
+    assert [m["id"] for m in body["data"]] == ["mock-chat", "mock-echo"]
 
 
 def test_static_files_cannot_escape_the_frontend_folder(client: FlaskClient) -> None:

@@ -1,17 +1,26 @@
-"""The built-in upstream: no network, deterministic, with a configurable pause between chunks."""
+"""The built-in upstream: no network, deterministic, with a configurable pause between chunks.
+
+`mock-chat` (listed first, so the default of a run without a key) answers like a chat model, in
+Markdown that shows what the page renders; `mock-echo` streams the last user message back
+verbatim, which the tests rely on. Any other model name gets the chat answer too.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 import gevent
 
 from .base import ChatRequest, Delta, Finish
 
-ECHO_MODEL = "mock-echo"
 CHAT_MODEL = "mock-chat"
+ECHO_MODEL = "mock-echo"
 _MAX_ECHO_CHUNKS = 2000
+_TOPIC_WORDS = 12
+# Escaped so that a prompt quoted in the answer reads as typed, not as Markdown or HTML.
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]<>|~#!])")
 
 
 class MockUpstream:
@@ -21,7 +30,7 @@ class MockUpstream:
         self.delay_seconds = max(delay_ms, 0.0) / 1000.0
 
     def models(self) -> list[str]:
-        return [ECHO_MODEL, CHAT_MODEL]
+        return [CHAT_MODEL, ECHO_MODEL]
 
     def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
         prompt = _last_user_message(request.messages)
@@ -56,6 +65,7 @@ def _last_user_message(messages: list[dict[str, str]]) -> str:
 
 
 def _words(text: str) -> list[str]:
+    """Split text into word-sized chunks (each keeps its trailing space) that join to it."""
     pieces: list[str] = []
     for line in text.splitlines(keepends=True):
         pieces.extend(word + " " for word in line.split(" ")[:-1])
@@ -63,13 +73,38 @@ def _words(text: str) -> list[str]:
     return [piece for piece in pieces if piece]
 
 
+def _topic(prompt: str) -> str:
+    words = prompt.split()
+    topic = " ".join(words[:_TOPIC_WORDS]).rstrip(".,;:!?")
+    if len(words) > _TOPIC_WORDS:
+        topic += "…"
+    return _escape(topic) or "nothing in particular"
+
+
+def _escape(text: str) -> str:
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", text)
+
+
 def _generated_answer(prompt: str, model: str) -> str:
-    topic = " ".join(prompt.split()[:8]).rstrip(".,;:!?") or "nothing in particular"
     return (
-        f"This is **{model}**, relay's built-in mock upstream, answering: *{topic}*.\n\n"
-        "No model was called; set `OPENAI_API_KEY` and `OPENAI_BASE_URL` to use a real one. "
-        "Meanwhile, here is some Markdown to render:\n\n"
-        "- a list item\n- another, with `inline code`\n\n"
-        "```python\ndef greet(name: str) -> str:\n    return f\"Hello, {name}!\"\n```\n\n"
-        f"Your message had {len(prompt)} characters."
+        "## A mock answer\n\n"
+        f"You asked: *{_topic(prompt)}*. This is **{_escape(model)}**, "
+        "relay's built-in stand-in for a model: it calls nothing and gives the same answer to "
+        "the same question, streamed a word at a time, so that you can see how the page shows "
+        "one.\n\n"
+        "What a real answer can hold:\n\n"
+        "1. **Emphasis**, *italics* and `inline code`.\n"
+        "2. Lists, numbered like this one or with bullets.\n"
+        "3. Code blocks, highlighted, each with its own copy button:\n\n"
+        "```python\n"
+        "def greet(name: str) -> str:\n"
+        '    """Say hello to someone by name."""\n'
+        '    return f"Hello, {name}!"\n'
+        "\n\n"
+        'print(greet("relay"))\n'
+        "```\n\n"
+        "To go further:\n\n"
+        f"- choose **{ECHO_MODEL}** to have your message streamed back verbatim;\n"
+        "- set `OPENAI_API_KEY` (and `OPENAI_BASE_URL` for a server other than OpenAI's) "
+        "to talk to a real model."
     )
