@@ -58,16 +58,19 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("DATABASE_URL", "DATABASE_URL", None, str,
             "SQLAlchemy URL of the store; default the SQLite file `relay.db` in the instance "
-            "folder."),
+            "folder. `postgresql://...` uses psycopg 3."),
     Setting("REDIS_URL", "REDIS_URL", None, str,
             "Redis URL for cross-worker/cross-host wake-ups and cancels; unset: single machine."),
     Setting("OPENAI_API_KEY", "OPENAI_API_KEY", None, str,
             "Key for the OpenAI-compatible upstream; unset: the built-in mock."),
     Setting("OPENAI_BASE_URL", "OPENAI_BASE_URL", None, str,
-            "Base URL of the OpenAI-compatible upstream (e.g. `http://127.0.0.1:8000/v1`)."),
+            "Base URL of the OpenAI-compatible upstream (e.g. `http://127.0.0.1:8000/v1`); works "
+            "with OpenAI, vLLM, Ollama, llama.cpp's server, LiteLLM. Answers stream over pooled "
+            "HTTP/1.1 keep-alive connections straight to it (`HTTPS_PROXY` is not used; HTTPS is "
+            "verified against the system's CA certificates)."),
     Setting("RELAY_SECRET_KEY", "SECRET_KEY", None, str,
             "Signs session cookies; default generated once into `secret_key` in the instance "
-            "folder."),
+            "folder. Set it when several hosts serve the same users."),
     Setting("RELAY_DEFAULT_MODEL", "DEFAULT_MODEL", None, str,
             "Model used when a request names none; default the upstream's first model, or "
             "`mock-echo`."),
@@ -78,17 +81,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_RETRY_MS", "RETRY_MS", 2000, _positive(int),
             "The `retry:` reconnection delay sent to EventSource clients."),
     Setting("RELAY_UPSTREAM_TIMEOUT_SECONDS", "UPSTREAM_TIMEOUT_SECONDS", 60.0, _positive(float),
-            "Upstream silence (before the first chunk or between chunks) that fails a ticket."),
+            "Upstream silence (before the first chunk or between chunks) that fails a ticket; "
+            "checked every second (every quarter of the timeout when it is shorter than 4 s)."),
     Setting("RELAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0,
             _positive(float), "Time allowed to connect to the upstream."),
     Setting("RELAY_MAX_PROMPT_BYTES", "MAX_PROMPT_BYTES", 4 * 1024 * 1024, _positive(int),
-            "Largest accepted `POST /new` request body, in bytes (larger: 413)."),
+            "Largest accepted `POST /new` request body, in bytes (larger: `413`)."),
     Setting("RELAY_MOCK_DELAY_MS", "MOCK_DELAY_MS", 20.0, float,
             "The mock upstream's pause between chunks, in milliseconds."),
     Setting("RELAY_CANCEL_ON_DISCONNECT", "CANCEL_ON_DISCONNECT", False, _bool,
-            "Stop generation when the last reader of a ticket on this worker disconnects and "
-            "none returns within `RELAY_DISCONNECT_GRACE_SECONDS` (default: keep generating, so "
-            "the answer is stored and can be resumed)."),
+            "Stop generation when the last reader of a ticket on its worker disconnects and "
+            "none returns within `RELAY_DISCONNECT_GRACE_SECONDS`. By default generation goes "
+            "on, so the answer is stored and can be resumed later."),
     Setting("RELAY_DISCONNECT_GRACE_SECONDS", "DISCONNECT_GRACE_SECONDS", 10.0, float,
             "With `RELAY_CANCEL_ON_DISCONNECT`, how long to wait for a reader to reconnect."),
     Setting("RELAY_LEASE_SECONDS", "LEASE_SECONDS", 15.0, _positive(float),
@@ -96,12 +100,13 @@ SETTINGS: tuple[Setting, ...] = (
             "renewed for this long (its worker died) fails the ticket with `worker_lost`."),
     Setting("RELAY_FLUSH_MS", "FLUSH_MS", 25.0, float,
             "How long chunks may gather before their worker commits them, all of its streams in "
-            "one transaction; an idle writer commits at once."),
+            "one transaction; an idle writer commits at once. Chunks reach readers only once "
+            "committed."),
     Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),
             "How often a reader on another worker checks the database for new events when "
             "Redis is not configured."),
     Setting("RELAY_INSTANCE_PATH", "INSTANCE_PATH", None, str,
-            "Folder for the SQLite file and generated secret; default `./instance`."),
+            "Folder for the SQLite file and the generated secret; default `./instance`."),
     Setting("RELAY_LOG_LEVEL", "LOG_LEVEL", "INFO",
             _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of relay's own logger."),
 )

@@ -1,19 +1,11 @@
-"""Settings: every one documented in the README, bad values fail loudly with their name."""
+"""Settings: defaults, parsing, and bad values failing loudly with their name (the README's
+table of them is checked in test_settings_docs.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from relay.config import SETTINGS, ConfigError, load_config
-
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-
-
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.env)
-def test_every_setting_is_documented_in_the_readme(setting) -> None:
-    assert f"| `{setting.env}` |" in README
+from relay.config import ConfigError, load_config
 
 
 def test_defaults_match_the_contract() -> None:
