@@ -28,7 +28,7 @@ _CANCEL_CHANNEL = "relay:cancel"
 class _Watch:
     version: int = 0
     readers: int = 0
-    sleepers: list[Waiter] = field(default_factory=list)
+    sleepers: list[Waiter[bool]] = field(default_factory=list)
 
 
 class Broker:
@@ -39,8 +39,8 @@ class Broker:
         self._watches: dict[str, _Watch] = {}
         self._cancel_callbacks: dict[str, Callable[[], None]] = {}
         self._origin = secrets.token_hex(6)
-        self._redis = None
-        self._listener: gevent.Greenlet | None = None
+        self._redis: redis.Redis | None = None
+        self._listener: gevent.Greenlet[[redis.client.PubSub | None], None] | None = None
         self._pid = os.getpid()
 
     @property
@@ -77,7 +77,7 @@ class Broker:
         if watch.version != seen_version:
             return True
         hub = get_hub()
-        waiter = Waiter(hub)
+        waiter: Waiter[bool] = Waiter(hub)
         timer = hub.loop.timer(timeout)
         timer.start(waiter.switch, False)
         watch.sleepers.append(waiter)
@@ -162,7 +162,7 @@ class Broker:
         self._listener = gevent.spawn(self._listen, pubsub)
 
     def _subscribe(self) -> redis.client.PubSub:
-        pubsub = self._client().pubsub(ignore_subscribe_messages=True)
+        pubsub: redis.client.PubSub = self._client().pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(_EVENTS_CHANNEL, _CANCEL_CHANNEL)
         return pubsub
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -38,6 +38,10 @@ class Finish:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
+Chunks = Generator[Delta | Finish, None, None]
+"""What `Upstream.stream` returns: a generator, so that closing it closes the upstream call."""
+
+
 class UpstreamError(Exception):
     """The upstream failed; `code` and `message` go into the ticket's `done` event as is."""
 
@@ -52,6 +56,6 @@ class Upstream(Protocol):
     may send the request at once but must neither wait nor raise (failures come out of the
     iterator). Closing the iterator must close the upstream call, even before its first item."""
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]: ...
+    def stream(self, request: ChatRequest) -> Chunks: ...
 
     def models(self) -> list[str]: ...

@@ -212,7 +212,7 @@ class Endpoint:
         self._tls = ssl.create_default_context() if https else None
         self._idle: list[Connection] = []
         self._active: set[Connection] = set()
-        self._watchdog: gevent.Greenlet | None = None
+        self._watchdog: gevent.Greenlet[[], None] | None = None
 
     def post(self, body: bytes) -> Response:
         """Send a request and return its response once the head has arrived."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,7 +22,7 @@ import httpx2
 import openai
 import orjson
 
-from .base import ChatRequest, Delta, Finish, UpstreamError
+from .base import ChatRequest, Chunks, Delta, Finish, UpstreamError
 from .connection import Call, Endpoint, ProtocolError, Response, UnreachableError
 
 log = logging.getLogger("relay.upstream")
@@ -80,7 +80,7 @@ class OpenAIUpstream:
                 raise _translate_sdk_error(exc) from exc
         return self._models
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
+    def stream(self, request: ChatRequest) -> Chunks:
         """The request is sent at once on an idle pooled connection, if there is one, so the
         upstream works on it while the caller gets ready to read; closing the iterator closes
         the call, even before its first item."""
@@ -101,7 +101,9 @@ class OpenAIUpstream:
         next(answer)  # into its `try`, so that closing it closes the call
         return answer  # type: ignore[return-value]
 
-    def _answer(self, body: bytes, call: Call | None) -> Iterator[Delta | Finish | None]:
+    def _answer(
+        self, body: bytes, call: Call | None
+    ) -> Generator[Delta | Finish | None, None, None]:
         response: Response | None = None
         try:
             yield None  # taken by `stream`
