@@ -1,145 +1,20 @@
-"""relay: store a prompt with `POST /new`, stream the answer with `GET /sse/<id>`."""
+"""relay: store a prompt with `POST /new`, stream the answer with `GET /sse/<id>`.
+
+Only `create_app` lives here, and it imports the app's modules when called: gunicorn's master
+imports `relay.server` and `relay.gunicorn_conf` through this package, and must not import
+Flask, SQLAlchemy or ssl before the gevent worker patches the process.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
-from dotenv import load_dotenv
-from flask import Flask
-from flask.json.provider import DefaultJSONProvider
-
-from . import sql
-from .application import RelayFlask
-from .broker import Broker
-from .config import default_instance_path, load_config
-from .db import db, migrate, tune_sqlite
-from .errors import register_error_handlers
-from .identity import IdentityCookie
-from .upstream import Upstream, build_upstream, default_model
-from .writer import BatchWriter
-
-MIGRATIONS_DIR = str(Path(__file__).resolve().parents[1] / "migrations")
-GUNICORN_CONFIG = str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py")
-
-
-@dataclass
-class RelayState:
-    """Per-app objects the views and the producer share."""
-
-    config: dict[str, Any]
-    upstream: Upstream
-    broker: Broker
-    writer: BatchWriter
-    _default_model: str | None = field(default=None)
-
-    def default_model(self) -> str:
-        if self._default_model is None:
-            self._default_model = default_model(self.config, self.upstream)
-        return self._default_model
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the relay app from the environment (and `.env`), then `overrides`."""
-    load_dotenv(os.path.join(os.getcwd(), ".env"))
-    config = load_config(os.environ)
-    config.update(overrides or {})
-    instance_path = os.path.abspath(config["INSTANCE_PATH"] or default_instance_path())
-    os.makedirs(instance_path, exist_ok=True)
+    from .app import build_app
 
-    app = RelayFlask(__name__, instance_path=instance_path, static_folder=None)
-    app.json = _JSONProvider(app)
-    app.config.update(config)
-    app.config.update(
-        SECRET_KEY=config["SECRET_KEY"] or _stored_secret(instance_path),
-        SQLALCHEMY_DATABASE_URI=_database_url(config["DATABASE_URL"], instance_path),
-        MAX_CONTENT_LENGTH=config["MAX_PROMPT_BYTES"],
-        SESSION_COOKIE_NAME="relay_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=timedelta(days=365),
-    )
-    app.session_interface = IdentityCookie()
-    # JSON columns (a ticket's request, usage) through orjson: the stdlib encoder was a tenth
-    # of POST /new.
-    json_options = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_size": 20, "max_overflow": 40, **json_options,
-        }
-    else:
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
-            "pool_size": 10, "max_overflow": 30, "pool_pre_ping": True, **json_options,
-        }
-    _configure_logging(config["LOG_LEVEL"])
-
-    db.init_app(app)
-    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
-    with app.app_context():
-        engine = db.engine
-    if engine.dialect.name == "sqlite":
-        tune_sqlite(engine)
-        sql.keep_sqlite_connections(engine)
-    app.extensions["relay"] = RelayState(
-        config=config, upstream=build_upstream(config), broker=Broker(config["REDIS_URL"]),
-        writer=BatchWriter(app, engine),
-    )
-
-    from .views import api, compat, conversations, ops, stream, web
-
-    for blueprint in (api.bp, stream.bp, conversations.bp, compat.bp, ops.bp, web.bp):
-        app.register_blueprint(blueprint)
-    register_error_handlers(app)
-    return app
-
-
-class _JSONProvider(DefaultJSONProvider):
-    """Flask's JSON, but request bodies are decoded with orjson: json.loads lets a lone surrogate
-    ("\\ud800") through, which no database can store (a 500 instead of a 400)."""
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        return orjson.loads(s)
-
-
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-def _database_url(url: str | None, instance_path: str) -> str:
-    if not url:
-        return "sqlite:///" + os.path.join(instance_path, "relay.db")
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
-
-
-def _stored_secret(instance_path: str) -> str:
-    """The secret generated on first start, shared by every worker through the instance folder."""
-    path = os.path.join(instance_path, "secret_key")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, encoding="ascii") as existing:
-            secret = existing.read().strip()
-        if len(secret) < 32:
-            raise RuntimeError(f"{path} is damaged; delete it or set RELAY_SECRET_KEY") from None
-        return secret
-    secret = os.urandom(32).hex()
-    with os.fdopen(fd, "w", encoding="ascii") as new:
-        new.write(secret)
-    return secret
-
-
-def _configure_logging(level: str) -> None:
-    logger = logging.getLogger("relay")
-    logger.setLevel(level)
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logger.addHandler(handler)
+    return build_app(overrides)

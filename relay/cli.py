@@ -11,7 +11,9 @@ from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from . import GUNICORN_CONFIG, MIGRATIONS_DIR, create_app
+from . import create_app
+from .db import MIGRATIONS_DIR, SchemaBehind, check_schema, db
+from .state import relay_state
 
 
 @click.group(cls=FlaskGroup, create_app=create_app)
@@ -23,15 +25,26 @@ def main() -> None:
 @click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
 @with_appcontext
 def serve(gunicorn_args: tuple[str, ...]) -> None:
-    """Apply migrations, then run gunicorn with gevent workers (extra args go to gunicorn)."""
-    upgrade(directory=MIGRATIONS_DIR)
+    """Run gunicorn with gevent workers (extra args go to gunicorn).
+
+    The embedded SQLite store is migrated first; a configured database must already be at the
+    code's migrations (`relay db upgrade`, run once per release), or relay refuses to start.
+    """
+    state = relay_state()
+    if state.embedded_store:
+        upgrade(directory=MIGRATIONS_DIR)
+    try:
+        check_schema(db.engine, state.migration_heads)
+    except SchemaBehind as exc:
+        raise click.ClickException(str(exc)) from None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = os.path.join(current_app.instance_path, "metrics")
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.makedirs(metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    db.engine.dispose()
     argv = [
-        sys.executable, "-m", "gunicorn", "--config", GUNICORN_CONFIG,
+        sys.executable, "-m", "gunicorn", "--config", "python:relay.gunicorn_conf",
         *gunicorn_args, "relay:create_app()",
     ]
     sys.stdout.flush()

@@ -1,4 +1,5 @@
-"""The SQLAlchemy and Alembic extension singletons, and SQLite connection tuning.
+"""The SQLAlchemy and Alembic extension singletons, whether the store's schema is current, and
+SQLite connection tuning.
 
 Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL
 with synchronous=NORMAL and a short busy timeout, and callers keep transactions tiny. In a gevent
@@ -14,13 +15,16 @@ import logging
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.monkey
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import event
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -31,6 +35,8 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
+
+MIGRATIONS_DIR = str(Path(__file__).resolve().with_name("migrations"))
 
 log = logging.getLogger("relay.db")
 
@@ -98,3 +104,35 @@ def _checkpoint(path: str) -> None:
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         connection.close()
+
+
+class SchemaBehind(RuntimeError):
+    """The store's schema is not the code's: `relay db upgrade` has not been run on it."""
+
+
+def migration_heads() -> frozenset[str]:
+    """The revisions the code's migrations end at."""
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_DIR)
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+def applied_revisions(engine: Engine) -> frozenset[str]:
+    """The revisions applied to the store (empty for a store never migrated)."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return frozenset()
+        rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    return frozenset(row[0] for row in rows)
+
+
+def check_schema(engine: Engine, heads: frozenset[str]) -> None:
+    """Raise SchemaBehind unless the store is at the code's migration heads."""
+    applied = applied_revisions(engine)
+    if applied != heads:
+        where = engine.url.render_as_string(hide_password=True)
+        state = ", ".join(sorted(applied)) or "never migrated"
+        raise SchemaBehind(
+            f"The database {where} is at revision {state}, and this relay needs "
+            f"{', '.join(sorted(heads))}: run `relay db upgrade`."
+        )

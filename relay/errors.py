@@ -7,6 +7,7 @@ unexpected exceptions are mapped to the same shape. Must not format SSE.
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 
 from flask import Flask, Response, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -14,13 +15,51 @@ from werkzeug.exceptions import HTTPException
 log = logging.getLogger("relay")
 
 
+class ErrorCode(StrEnum):
+    """Every machine-readable `error.code` relay sends, in responses and in `done` events."""
+
+    BAD_REQUEST = "bad_request"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_JSON = "invalid_json"
+    UNKNOWN_FIELD = "unknown_field"
+    MISSING_PROMPT = "missing_prompt"
+    INVALID_PROMPT = "invalid_prompt"
+    EMPTY_PROMPT = "empty_prompt"
+    INVALID_MESSAGES = "invalid_messages"
+    INVALID_LAST_EVENT_ID = "invalid_last_event_id"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PROMPT_TOO_LARGE = "prompt_too_large"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TICKET_NOT_FOUND = "ticket_not_found"
+    CONVERSATION_NOT_FOUND = "conversation_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    CONVERSATION_BUSY = "conversation_busy"
+    RATE_LIMITED = "rate_limited"
+    HTTP_ERROR = "http_error"
+    INTERNAL_ERROR = "internal_error"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    DATABASE_NOT_MIGRATED = "database_not_migrated"
+    # How a generation can fail (`done`'s error).
+    UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNREACHABLE = "upstream_unreachable"
+    UPSTREAM_DISCONNECTED = "upstream_disconnected"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
+    WORKER_LOST = "worker_lost"
+    SERVER_SHUTDOWN = "server_shutdown"
+
+
 class RelayError(Exception):
     """An error with its HTTP status and machine-readable contract code."""
 
     status = 400
-    code = "bad_request"
+    code: ErrorCode = ErrorCode.BAD_REQUEST
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: ErrorCode | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
@@ -29,58 +68,58 @@ class RelayError(Exception):
 
 class InvalidRequest(RelayError):
     status = 400
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
 
 class InvalidJSON(RelayError):
     status = 400
-    code = "invalid_json"
+    code = ErrorCode.INVALID_JSON
 
 
 class UnsupportedMediaType(RelayError):
     status = 415
-    code = "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class NotFound(RelayError):
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class TicketNotFound(NotFound):
-    code = "ticket_not_found"
+    code = ErrorCode.TICKET_NOT_FOUND
 
 
 class ConversationNotFound(NotFound):
-    code = "conversation_not_found"
+    code = ErrorCode.CONVERSATION_NOT_FOUND
 
 
 class InternalError(RelayError):
     status = 500
-    code = "internal_error"
+    code = ErrorCode.INTERNAL_ERROR
 
 
 class Conflict(RelayError):
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "prompt_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PROMPT_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorCode.RATE_LIMITED,
 }
 
 
-def error_response(status: int, code: str, message: str, type: str | None = None) -> Response:
+def error_response(status: int, code: ErrorCode, message: str, type: str | None = None) -> Response:
     """Build the contract's JSON error response; under `/v1/` with OpenAI's `type` as well
     (`type`, else by the status), which its SDKs expose."""
-    error = {"code": code, "message": message}
+    error = {"code": str(code), "message": message}
     if has_request_context() and request.path.startswith("/v1/"):
         error["type"] = type or ("invalid_request_error" if status < 500 else "server_error")
     response = jsonify({"error": error})
@@ -103,7 +142,7 @@ def register_error_handlers(app: Flask) -> None:
             message = f"The request body is larger than the limit of {limit} bytes."
         else:
             message = exc.description or exc.name
-        response = error_response(status, _HTTP_CODES.get(status, "http_error"), message)
+        response = error_response(status, _HTTP_CODES.get(status, ErrorCode.HTTP_ERROR), message)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
@@ -111,4 +150,4 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
         log.exception("unhandled error: %s", exc)
-        return error_response(500, "internal_error", "The relay hit an internal error.")
+        return error_response(500, ErrorCode.INTERNAL_ERROR, "The relay hit an internal error.")

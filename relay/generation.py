@@ -1,11 +1,12 @@
-"""The producer: reads the upstream, fans chunks out in memory, hands them to the batch writer.
+"""The producer: reads the upstream, fans chunks out in memory, hands them to the batch writer;
+and `cancel`, the one way every entry point stops a generation.
 
 One producer greenlet runs per ticket, in the worker that won the claim. Each chunk is encoded
 once into the ticket's in-memory `LiveLog`, which readers in this process stream from, and queued
 for the worker's BatchWriter, which commits every producer's chunks together and only then makes
-them visible in the log. The producer writes exactly one `done`. Cancels,
-lost claims and shutdown stop it by raising `Stop` at the point where it waits for the upstream,
-which closes the upstream call. Must not count readers.
+them visible in the log. The producer writes exactly one `done`. Cancels, lost claims and
+shutdown stop it by raising `Stop` at the point where it waits for the upstream, which closes the
+upstream call. Must not count readers.
 """
 
 from __future__ import annotations
@@ -13,27 +14,27 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import gevent
 import orjson
-from flask import Flask
+from flask import Flask, current_app
 
 from . import metrics, sse, tickets
 from .broker import Broker
+from .errors import ErrorCode
+from .events import Outcome, StoredEvent
+from .models import TicketStatus
+from .state import relay_state
+from .tickets import worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
-from .writer import BatchWriter, worker_id
-
-__all__ = ["LiveLog", "claim_and_start", "live_log", "producer_greenlet", "stop_all", "worker_id"]
+from .writer import BatchWriter
 
 log = logging.getLogger("relay.generation")
 
 _producers: dict[str, Producer] = {}
 
-_STOP_OUTCOMES = {
-    "cancelled": {"status": "cancelled", "finish_reason": "cancelled"},
-    "lost": {"status": "lost"},
-}
+_LOST = "lost"  # the claim: someone else writes `done`
+_STOP_OUTCOMES = {"cancelled": tickets.CANCELLED}
 
 
 # Committed frames a LiveLog keeps for readers that are behind (it holds up to twice this many);
@@ -112,9 +113,8 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
     not theirs to start (unknown, someone else's, or already started).
 
     The producer is made, and with it the upstream request sent, before the claim commits: the
-    upstream works on it meanwhile (0.03-0.09 ms of the first token on SQLite, in five runs side
-    by side; a round trip on PostgreSQL). Should the commit fail, the call is closed and the
-    ticket stays pending.
+    upstream works on it meanwhile. Should the commit fail, the call is closed and the ticket
+    stays pending.
     """
     producer: Producer | None = None
     lease_seconds = app.config["LEASE_SECONDS"]
@@ -136,6 +136,19 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
     return True
 
 
+def cancel(ticket_id: str, why: str, app: Flask | None = None) -> None:
+    """Stop generating a ticket wherever it runs (its upstream call is closed) and end it
+    `cancelled`; a ticket nobody started ends at once. `why` is for the log; `app` is the
+    current app's unless given."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    with app.app_context():
+        tickets.request_cancel(ticket_id)
+    broker = relay_state(app).broker
+    broker.cancel(ticket_id)
+    broker.notify(ticket_id)
+    log.info("ticket %s cancel requested (%s)", ticket_id, why)
+
+
 def stop_all(reason: str) -> None:
     """Fail every ticket this worker is generating (the worker is shutting down)."""
     producers = list(_producers.values())
@@ -145,29 +158,42 @@ def stop_all(reason: str) -> None:
 
 
 class Producer:
+    """One ticket's generation: the upstream call, its LiveLog, and the chunks not yet stored."""
+
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started")
 
     def __init__(self, app: Flask, ticket_id: str, request: ChatRequest) -> None:
         self.app = app
         self.ticket_id = ticket_id
-        state = app.extensions["relay"]
+        state = relay_state(app)
         self.upstream: Upstream = state.upstream
         # Made in the claiming request's greenlet, which may send the request at once.
         self.chunks = self.upstream.stream(request)
         self.broker: Broker = state.broker
         self.writer: BatchWriter = state.writer
         self.log = LiveLog()
-        self.pending: list[tickets.StoredEvent] = []
+        self.pending: list[StoredEvent] = []
         self.text_parts: list[str] = []
         self.greenlet: gevent.Greenlet | None = None
         self.waiting = False  # on the upstream, the one place Stop may be raised
         self.stop_reason: str | None = None
         self.started = time.monotonic()
 
-    def take_pending(self) -> list[tickets.StoredEvent]:
+    # What the BatchWriter asks of a producer.
+
+    def take_pending(self) -> list[StoredEvent]:
+        """The chunks not yet handed to the writer, now handed over."""
         batch, self.pending = self.pending, []
         return batch
+
+    def give_back(self, events: list[StoredEvent]) -> None:
+        """Chunks the writer could not commit, to be taken again first."""
+        self.pending[:0] = events
+
+    def committed(self, upto: int) -> None:
+        """Events up to id `upto` are stored: readers may send them."""
+        self.log.commit(upto)
 
     def stop(self, reason: str) -> None:
         """End generation from another greenlet: at once if it waits on the upstream, else as
@@ -194,7 +220,7 @@ class Producer:
         finally:
             self.broker.off_cancel(self.ticket_id)
         try:
-            if outcome["status"] != "lost":
+            if outcome is not _LOST:
                 self._finish(outcome)
         finally:
             self.writer.unregister(self.ticket_id)
@@ -203,12 +229,13 @@ class Producer:
             # `done`, or the one the claim's new holder wrote, or none (the ticket was deleted).
             self.log.finished = True
             self.broker.notify(self.ticket_id)
-            log.info(
-                "ticket %s %s after %.2fs, %d chunks", self.ticket_id, outcome["status"],
-                time.monotonic() - self.started, self.log.count,
-            )
+            status = outcome if outcome is _LOST else outcome.status
+            log.info("ticket %s %s after %.2fs, %d chunks", self.ticket_id, status,
+                     time.monotonic() - self.started, self.log.count)
 
-    def _stream(self) -> dict[str, Any]:
+    def _stream(self) -> Outcome | str:
+        """Relay the upstream's chunks until it finishes, fails or is stopped; the outcome, or
+        `_LOST` when the claim was lost."""
         chunks = self.chunks
         try:
             while True:
@@ -220,23 +247,24 @@ class Producer:
                 finally:
                     self.waiting = False
                 if item is None:
-                    return _failed(
-                        "upstream_error", "The upstream ended without finishing the answer."
-                    )
+                    return _failed(ErrorCode.UPSTREAM_ERROR,
+                                   "The upstream ended without finishing the answer.")
                 if isinstance(item, Finish):
-                    return {"status": "completed", "finish_reason": item.finish_reason,
-                            "usage": item.usage}
+                    return Outcome(TicketStatus.COMPLETED, item.finish_reason, item.usage)
                 if item.text:
                     self._append(item)
         except Stop as stop:
+            if stop.reason == _LOST:
+                return _LOST
             if stop.reason in _STOP_OUTCOMES:
                 return _STOP_OUTCOMES[stop.reason]
-            return _failed("server_shutdown", f"The relay stopped generating ({stop.reason}).")
+            return _failed(ErrorCode.SERVER_SHUTDOWN,
+                           f"The relay stopped generating ({stop.reason}).")
         except UpstreamError as exc:
             return _failed(exc.code, exc.message)
         except Exception as exc:
             log.exception("producer of ticket %s crashed", self.ticket_id)
-            return _failed("internal_error", f"The relay failed while generating: {exc}")
+            return _failed(ErrorCode.INTERNAL_ERROR, f"The relay failed while generating: {exc}")
         finally:
             chunks.close()
 
@@ -258,39 +286,27 @@ class Producer:
         else:
             self.writer.mark_dirty(self.ticket_id)
 
-    def _finish(self, outcome: dict[str, Any]) -> None:
+    def _finish(self, outcome: Outcome) -> None:
         done_seq = self.log.count + 1
         try:
             with self.writer.lock, self.app.app_context():
-                written = tickets.finish_ticket(
-                    self.ticket_id,
-                    status=outcome["status"],
-                    pending_events=self.take_pending(),
-                    text="".join(self.text_parts),
-                    finish_reason=outcome.get("finish_reason"),
-                    usage=outcome.get("usage"),
-                    error=outcome.get("error"),
-                    worker_id=worker_id(),
-                    done_seq=done_seq,
+                written = tickets.finish_generation(
+                    self.ticket_id, worker_id(), outcome, self.take_pending(),
+                    "".join(self.text_parts), done_seq,
                 )
         except Exception:
             log.exception("could not store the end of ticket %s", self.ticket_id)
             return
-        if written is None:
+        if not written:
             log.warning("ticket %s was already finished elsewhere", self.ticket_id)
-        else:
-            error = outcome.get("error") or {}
-            metrics.CHUNKS_RELAYED.inc(done_seq - 1)
-            metrics.TICKETS_FINISHED.labels(outcome["status"], error.get("code", "")).inc()
-            payload = tickets.done_payload(
-                outcome["status"], outcome.get("finish_reason"), outcome.get("usage"),
-                outcome.get("error"),
-            )
-            self.log.append(sse.encode(payload, event="done", id=done_seq))
-            self.log.commit(done_seq)
-            self.log.has_done = True
+            return
+        error_code = outcome.error["code"] if outcome.error else ""
+        metrics.CHUNKS_RELAYED.inc(done_seq - 1)
+        metrics.TICKETS_FINISHED.labels(str(outcome.status), str(error_code)).inc()
+        self.log.append(sse.encode(outcome.done_payload(), event="done", id=done_seq))
+        self.log.commit(done_seq)
+        self.log.has_done = True
 
 
-def _failed(code: str, message: str) -> dict[str, Any]:
-    error = {"code": code, "message": message}
-    return {"status": "failed", "finish_reason": "error", "error": error}
+def _failed(code: str, message: str) -> Outcome:
+    return Outcome(TicketStatus.FAILED, "error", error={"code": code, "message": message})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
@@ -10,8 +11,19 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import db
 
-TICKET_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-FINISHED_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+class TicketStatus(StrEnum):
+    """A ticket's life: pending until claimed, running while generated, then one final status."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATUSES = frozenset({TicketStatus.COMPLETED, TicketStatus.FAILED, TicketStatus.CANCELLED})
+ACTIVE_STATUSES = frozenset({TicketStatus.PENDING, TicketStatus.RUNNING})
 
 
 class Conversation(db.Model):

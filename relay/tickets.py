@@ -1,49 +1,35 @@
-"""Tickets in the store: create, load with an owner check, claim, store events, finish, cancel.
+"""Tickets in the store: create, load with an owner check, claim, leases, finish, cancel flags.
 
-Must not use `request` or `g`. The statements on the hot paths (create, claim, event batches,
-leases, finish) are plain SQL in short `sql.Transaction`s; reads and the rarer writes go through
-SQLAlchemy Core, and only the conversation views' rename and delete use the ORM session.
+Must not use `request` or `g`. The statements on the hot paths (create, claim, leases, finish)
+are plain SQL in short `sql.Transaction`s (sql.py says why); reads go through SQLAlchemy Core.
 Read-then-write paths start with their write (claim, finish), so SQLite takes the write lock
-first and never has to upgrade a read snapshot.
+first and never has to upgrade a read snapshot. `status = 'running'` is written out in the
+statements so that the planner can use the partial index of running claims.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import secrets
+import os
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, select, update
 
-from . import sql
+from . import conversations, events, sql
 from .db import db
-from .errors import Conflict, ConversationNotFound, InvalidRequest, TicketNotFound
-from .models import FINISHED_STATUSES, Conversation, Message, Ticket, TicketEvent
+from .errors import Conflict, ConversationNotFound, ErrorCode, InvalidRequest, TicketNotFound
+from .events import Outcome, StoredEvent
+from .ids import is_valid_id, new_id
+from .models import ACTIVE_STATUSES, Ticket, TicketStatus
+from .validation import NewTicket
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _tickets = Ticket.__table__
-_events = TicketEvent.__table__
-_messages = Message.__table__
-_conversations = Conversation.__table__
-
 _SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
 
-# The hot paths' statements, as plain SQL (sql.py says why). `status = 'running'` is written
-# out, so that the planner can use the partial index of running claims.
-_INSERT_CONVERSATION = (
-    "INSERT INTO conversations (id, owner, title, created_at, updated_at) VALUES (?, ?, ?, ?, ?)"
-)
-_TOUCH_CONVERSATION = "UPDATE conversations SET updated_at = ? WHERE id = ?"
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (conversation_id, position, role, content, ticket_id, status, "
-    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
 _INSERT_TICKET = (
     "INSERT INTO tickets (id, owner, conversation_id, request, model, status, last_seq, "
     "cancel_requested, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
@@ -60,7 +46,6 @@ _SELECT_CANCELLED = (
     "SELECT id FROM tickets WHERE claimed_by = ? AND status = 'running' AND cancel_requested = ?"
 )
 _SELECT_CLAIMS = "SELECT id, status, claimed_by, cancel_requested FROM tickets WHERE id IN ({})"
-_INSERT_EVENTS = "INSERT INTO ticket_events (ticket_id, seq, kind, data) VALUES (?, ?, ?, ?)"
 _FINISH = (
     "UPDATE tickets SET status = ?, finished_at = ?, finish_reason = ?, usage = ?, "
     "error_code = ?, error_message = ?, lease_expires_at = NULL, "
@@ -72,34 +57,12 @@ _FINISH_BY_PRODUCER = _FINISH.format("status = 'running' AND claimed_by = ?")
 _FINISH_BY_REAPER = _FINISH.format("status = 'running' AND lease_expires_at < ?")
 _FINISH_PENDING = _FINISH.format("status = 'pending'")
 _SET_DONE_SEQ = "UPDATE tickets SET last_seq = ? WHERE id = ?"
-_LAST_STORED_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM ticket_events WHERE ticket_id = ?"
-_STORED_DELTAS = (
-    "SELECT data FROM ticket_events WHERE ticket_id = ? AND kind = 'delta' ORDER BY seq"
+
+WORKER_LOST = Outcome(
+    TicketStatus.FAILED, "error",
+    error={"code": ErrorCode.WORKER_LOST, "message": "The worker generating this answer stopped."},
 )
-_LAST_POSITION = "SELECT COALESCE(MAX(position), -1) FROM messages WHERE conversation_id = ?"
-
-StoredEvent = tuple[int, str, str]
-"""(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
-
-# Consecutive deltas are stored as one row, a run: its `seq` is the id of the run's last event
-# and its `data` the events' JSON texts joined by newlines (JSON text has no raw line break). A
-# row per token was the largest single cost of relaying an answer. A row of one event is a run of
-# one, as every row was before runs.
-_MAX_RUN = 256
-
-
-@dataclass(frozen=True)
-class NewTicket:
-    """A validated `POST /new` body."""
-
-    prompt: str | None
-    messages: list[dict[str, str]] | None
-    conversation_id: str | None
-    model: str
-    system: str | None
-    temperature: float | None
-    max_tokens: int | None
-    regenerate: bool
+CANCELLED = Outcome(TicketStatus.CANCELLED, "cancelled")
 
 
 @dataclass(frozen=True)
@@ -112,115 +75,61 @@ class CreatedTicket:
 class TicketState:
     """The columns a stream needs to decide what to do next."""
 
-    status: str
+    status: TicketStatus
     lease_expires_at: float | None
     done_seq: int
 
+    @classmethod
+    def of(cls, row: Any) -> TicketState:
+        """The state of a loaded ticket row."""
+        return cls(TicketStatus(row.status), row.lease_expires_at, row.last_seq)
 
-def new_id() -> str:
-    """An unguessable URL-safe id (192 random bits)."""
-    return secrets.token_urlsafe(24)
+
+def worker_id() -> str:
+    """This process's identity in ticket claims (host and pid, unique per fork)."""
+    pid = os.getpid()
+    if pid not in _worker_ids:
+        _worker_ids[pid] = f"{socket.gethostname()[:40]}:{pid}:{os.urandom(3).hex()}"
+    return _worker_ids[pid]
 
 
-def is_valid_id(value: str) -> bool:
-    return bool(_ID_PATTERN.match(value))
+_worker_ids: dict[int, str] = {}
 
 
 def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
     """Store the request (and its conversation turn) as a pending ticket owned by `owner`."""
-    now = time.time()
-    if spec.conversation_id is not None:
-        conversation_id = spec.conversation_id
-        with db.engine.connect() as conn:
-            found = is_valid_id(conversation_id) and conn.execute(
-                select(_conversations.c.owner).where(_conversations.c.id == conversation_id)
-            ).scalar() == owner
-        if not found:
+    conversation_id = spec.conversation_id
+    if conversation_id is not None:
+        if not (is_valid_id(conversation_id) and conversations.owns(conversation_id, owner)):
             raise ConversationNotFound("No such conversation.")
         _settle_active_tickets(conversation_id)
-        with db.engine.connect() as conn:
-            history = _history(conn, conversation_id)
+        turn = conversations.plan_turn(conversation_id, False, spec)
     elif spec.regenerate:
         raise InvalidRequest("`regenerate` needs the `conversation_id` to regenerate in.")
     else:
-        conversation_id, history = new_id(), []
-
-    dropped: list[int] = []
-    added: list[dict[str, Any]] = []
-    if spec.regenerate:
-        while history and history[-1]["role"] == "assistant":
-            dropped.append(history.pop()["id"])
-        if not history or history[-1]["role"] != "user":
-            raise InvalidRequest("There is no user message to regenerate an answer for.")
-    else:
-        turns = spec.messages or [{"role": "user", "content": spec.prompt or ""}]
-        position = history[-1]["position"] + 1 if history else 0
-        added = [
-            {"conversation_id": conversation_id, "position": position + offset,
-             "role": turn["role"], "content": turn["content"], "ticket_id": None,
-             "status": None, "created_at": now}
-            for offset, turn in enumerate(turns)
-        ]
-        history += added
-
-    upstream_messages = [{"role": "system", "content": spec.system}] if spec.system else []
-    upstream_messages += [
-        {"role": m["role"], "content": m["content"]}
-        for m in history
-        if m["status"] in (None, "completed", "cancelled")
-        and (m["content"] or m["role"] != "assistant")
-    ]
-    request: dict[str, Any] = {"model": spec.model, "messages": upstream_messages}
-    if spec.temperature is not None:
-        request["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        request["max_tokens"] = spec.max_tokens
+        turn = conversations.plan_turn(new_id(), True, spec)
     ticket_id = new_id()
+    now = time.time()
     with sql.Transaction(db.engine) as tx:
-        if spec.conversation_id is None:
-            tx.execute(_INSERT_CONVERSATION,
-                       (conversation_id, owner, _title(added[-1]["content"]), now, now))
-        else:
-            tx.execute(_TOUCH_CONVERSATION, (now, conversation_id))
-        if dropped:
-            tx.execute(f"DELETE FROM messages WHERE id IN ({sql.placeholders(len(dropped))})",
-                       dropped)
-        tx.executemany(_INSERT_MESSAGE, [
-            (m["conversation_id"], m["position"], m["role"], m["content"], None, None, now)
-            for m in added
-        ])
+        conversations.store_turn(tx, turn, owner, now)
         tx.execute(_INSERT_TICKET, (
-            ticket_id, owner, conversation_id, sql.json_text(request), spec.model, False, now,
+            ticket_id, owner, turn.conversation_id, sql.json_text(turn.request), spec.model,
+            False, now,
         ))
-    return CreatedTicket(ticket_id, conversation_id)
-
-
-def _history(conn: Any, conversation_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        select(_messages.c.id, _messages.c.position, _messages.c.role, _messages.c.content,
-               _messages.c.status)
-        .where(_messages.c.conversation_id == conversation_id)
-        .order_by(_messages.c.position)
-    ).mappings()
-    return [dict(row) for row in rows]
-
-
-def _title(text: str) -> str:
-    words = " ".join(text.split())
-    return words[:60] + ("…" if len(words) > 60 else "") or "New chat"
+    return CreatedTicket(ticket_id, turn.conversation_id)
 
 
 def _settle_active_tickets(conversation_id: str) -> None:
     """Refuse a new turn while one is generating; cancel tickets that were never opened."""
     for ticket in active_tickets(conversation_id):
         expired = (ticket.lease_expires_at or 0) < time.time()
-        if ticket.status == "running" and not (expired and reap_if_expired(ticket.id)):
+        if ticket.status == TicketStatus.RUNNING and not (expired and reap_if_expired(ticket.id)):
             raise Conflict(
                 "This conversation is still generating an answer; wait for it or cancel it.",
-                code="conversation_busy",
+                code=ErrorCode.CONVERSATION_BUSY,
             )
-        if ticket.status == "pending":
-            cancel_ticket(ticket.id)
+        if ticket.status == TicketStatus.PENDING:
+            cancel_pending(ticket.id)
 
 
 def load_ticket(ticket_id: str, owner: str) -> Any:
@@ -234,26 +143,6 @@ def load_ticket(ticket_id: str, owner: str) -> Any:
     return ticket
 
 
-def load_conversation(conversation_id: str, owner: str) -> Conversation:
-    """Return the caller's conversation, or a 404 that does not tell unknown from not-yours."""
-    conversation = (
-        db.session.get(Conversation, conversation_id) if is_valid_id(conversation_id) else None
-    )
-    if conversation is None or conversation.owner != owner:
-        raise ConversationNotFound("No such conversation.")
-    return conversation
-
-
-def conversation_messages(conversation_id: str) -> list[Message]:
-    return list(
-        db.session.scalars(
-            select(Message)
-            .where(Message.conversation_id == conversation_id)
-            .order_by(Message.position)
-        )
-    )
-
-
 def read_state(ticket_id: str) -> TicketState | None:
     """Status, lease and (once finished) `done` id of a ticket, in one short read; None once it
     is deleted (with its conversation)."""
@@ -263,7 +152,18 @@ def read_state(ticket_id: str) -> TicketState | None:
                 _tickets.c.id == ticket_id
             )
         ).first()
-    return None if row is None else TicketState(row.status, row.lease_expires_at, row.last_seq)
+    return None if row is None else TicketState.of(row)
+
+
+def active_tickets(conversation_id: str) -> list[Any]:
+    """The conversation's pending and generating tickets: rows of id, status, lease."""
+    with db.engine.connect() as conn:
+        return list(conn.execute(
+            select(_tickets.c.id, _tickets.c.status, _tickets.c.lease_expires_at).where(
+                _tickets.c.conversation_id == conversation_id,
+                _tickets.c.status.in_([str(status) for status in ACTIVE_STATUSES]),
+            )
+        ).all())
 
 
 @contextmanager
@@ -290,6 +190,12 @@ def claiming(
         yield None if row is None else sql.json_value(row[0])
 
 
+def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
+    """Extend the lease of every ticket `worker_id` is generating and nobody cancelled; returns
+    how many that is."""
+    return int(tx.execute(_RENEW_LEASES, (until, worker_id, False)).rowcount)
+
+
 def check_claims(
     tx: sql.Transaction, ticket_ids: Sequence[str], worker_id: str
 ) -> dict[str, str]:
@@ -300,7 +206,7 @@ def check_claims(
         rows = tx.execute(_SELECT_CLAIMS.format(sql.placeholders(len(ids))), ids).fetchall()
         verdicts.update(dict.fromkeys(set(ids) - {row[0] for row in rows}, "lost"))  # deleted
         for ticket_id, status, claimed_by, cancel_requested in rows:
-            if status != "running" or claimed_by != worker_id:
+            if status != TicketStatus.RUNNING or claimed_by != worker_id:
                 verdicts[ticket_id] = "lost"
             elif cancel_requested:
                 verdicts[ticket_id] = "cancelled"
@@ -312,139 +218,25 @@ def cancelled_claims(tx: sql.Transaction, worker_id: str) -> list[str]:
     return [row[0] for row in tx.execute(_SELECT_CANCELLED, (worker_id, True)).fetchall()]
 
 
-def insert_events(tx: sql.Transaction, rows: list[tuple[str, int, str, str]]) -> None:
-    """Insert event rows (from `event_rows`) with one executemany."""
-    tx.executemany(_INSERT_EVENTS, rows)
+def finish_generation(
+    ticket_id: str, worker_id: str, outcome: Outcome, pending: Sequence[StoredEvent],
+    text: str, done_seq: int,
+) -> bool:
+    """Store the producer's last deltas and its `done` (id `done_seq`); False when the claim
+    was lost (someone else wrote `done`)."""
+    return _finish(ticket_id, _FINISH_BY_PRODUCER, worker_id, outcome, pending, text,
+                   done_seq) is not None
 
 
-def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
-    """Extend the lease of every ticket `worker_id` is generating and nobody cancelled; returns
-    how many that is."""
-    return int(tx.execute(_RENEW_LEASES, (until, worker_id, False)).rowcount)
+def reap_if_expired(ticket_id: str) -> int | None:
+    """Fail a running ticket whose producer stopped renewing its lease (its worker died);
+    returns the id of its `done`, or None if it was not expired."""
+    return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST)
 
 
-def done_payload(
-    status: str,
-    finish_reason: str | None,
-    usage: dict[str, Any] | None,
-    error: dict[str, str] | None,
-) -> str:
-    """The JSON text of a `done` event."""
-    payload: dict[str, Any] = {"status": status, "finish_reason": finish_reason,
-                               "usage": usage or {}}
-    if error:
-        payload["error"] = error
-    return json.dumps(payload, ensure_ascii=False)
-
-
-def finish_ticket(
-    ticket_id: str,
-    *,
-    status: str,
-    pending_events: Sequence[StoredEvent] = (),
-    text: str | None = None,
-    finish_reason: str | None = None,
-    usage: dict[str, Any] | None = None,
-    error: dict[str, str] | None = None,
-    worker_id: str | None = None,
-    expired_before: float | None = None,
-    done_seq: int | None = None,
-) -> int | None:
-    """Write the remaining deltas and the one `done` event; returns its seq, or None if lost.
-
-    The ticket must still be running under `worker_id` (the producer), or pending (a cancel
-    before anyone streamed), or running with a lease that expired before `expired_before` (the
-    reaper). Whoever's UPDATE wins writes `done`; everyone else gets None.
-    """
-    if status not in FINISHED_STATUSES:
-        raise ValueError(f"not a final status: {status}")
-    now = time.time()
-    params: list[Any] = [
-        status, now, finish_reason, sql.json_text(usage), error["code"] if error else None,
-        error["message"] if error else None, done_seq, ticket_id,
-    ]
-    if worker_id is not None:
-        statement = _FINISH_BY_PRODUCER
-        params.append(worker_id)
-    elif expired_before is not None:
-        statement = _FINISH_BY_REAPER
-        params.append(expired_before)
-    else:
-        statement = _FINISH_PENDING
-    with sql.Transaction(db.engine) as tx:
-        claimed = tx.execute(statement, params).fetchone()
-        if claimed is None:
-            return None
-        if done_seq is None:
-            done_seq = _last_stored_seq(tx, ticket_id) + 1
-            tx.execute(_SET_DONE_SEQ, (done_seq, ticket_id))
-        done_event = (done_seq, "done", done_payload(status, finish_reason, usage, error))
-        insert_events(tx, event_rows(ticket_id, [*pending_events, done_event]))
-        conversation_id = claimed[0]
-        if text is None:
-            text = _stored_text(tx, ticket_id)
-        if conversation_id is not None and (status != "cancelled" or text):
-            position = tx.execute(_LAST_POSITION, (conversation_id,)).fetchone()[0] + 1
-            tx.execute(_INSERT_MESSAGE, (
-                conversation_id, position, "assistant", text, ticket_id, status, now,
-            ))
-    return done_seq
-
-
-def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[tuple[str, int, str, str]]:
-    """Rows for `insert_events`: each run of consecutive deltas in one row, `done` in its own."""
-    rows: list[tuple[str, int, str, str]] = []
-    run: list[str] = []
-    last = 0
-    for seq, kind, data in events:
-        if run and (kind != "delta" or seq != last + 1 or len(run) >= _MAX_RUN):
-            rows.append((ticket_id, last, "delta", "\n".join(run)))
-            run = []
-        if kind == "delta":
-            run.append(data)
-        else:
-            rows.append((ticket_id, seq, kind, data))
-        last = seq
-    if run:
-        rows.append((ticket_id, last, "delta", "\n".join(run)))
-    return rows
-
-
-def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
-    """Stored events with seq > after_seq, in order."""
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(_events.c.seq, _events.c.kind, _events.c.data)
-            .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
-            .order_by(_events.c.seq)
-        ).all()
-    events: list[StoredEvent] = []
-    for last, kind, data in rows:
-        if kind != "delta":
-            events.append((last, kind, data))
-            continue
-        texts = data.split("\n")
-        first = last - len(texts) + 1
-        events.extend(
-            (first + index, kind, texts[index])
-            for index in range(max(0, after_seq + 1 - first), len(texts))
-        )
-    return events
-
-
-def _last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
-    return int(tx.execute(_LAST_STORED_SEQ, (ticket_id,)).fetchone()[0])
-
-
-def _stored_text(tx: sql.Transaction, ticket_id: str) -> str:
-    rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()
-    return "".join(orjson.loads(text)["delta"] for row in rows for text in row[0].split("\n"))
-
-
-def ticket_progress(ticket_id: str) -> tuple[str, int]:
-    """The answer text stored so far and the id of the last stored event."""
-    with sql.Transaction(db.engine) as tx:
-        return _stored_text(tx, ticket_id), _last_stored_seq(tx, ticket_id)
+def cancel_pending(ticket_id: str) -> int | None:
+    """End a ticket nobody has started streaming, with `done` status cancelled."""
+    return _finish(ticket_id, _FINISH_PENDING, None, CANCELLED)
 
 
 def request_cancel(ticket_id: str) -> None:
@@ -453,41 +245,38 @@ def request_cancel(ticket_id: str) -> None:
     with db.engine.begin() as conn:
         conn.execute(
             update(_tickets)
-            .where(_tickets.c.id == ticket_id, _tickets.c.status == "running")
+            .where(_tickets.c.id == ticket_id, _tickets.c.status == TicketStatus.RUNNING)
             .values(cancel_requested=True)
         )
-    cancel_ticket(ticket_id)
+    cancel_pending(ticket_id)
 
 
-def cancel_ticket(ticket_id: str) -> int | None:
-    """End a ticket nobody has started streaming, with `done` status cancelled."""
-    return finish_ticket(ticket_id, status="cancelled", finish_reason="cancelled")
-
-
-def reap_if_expired(ticket_id: str) -> int | None:
-    """Fail a running ticket whose producer stopped renewing its lease (its worker died)."""
-    return finish_ticket(
-        ticket_id, status="failed", expired_before=time.time(),
-        error={"code": "worker_lost", "message": "The worker generating this answer stopped."},
-    )
-
-
-def active_tickets(conversation_id: str) -> list[Any]:
-    """The conversation's pending and generating tickets: rows of id, status, lease."""
-    with db.engine.connect() as conn:
-        return list(conn.execute(
-            select(_tickets.c.id, _tickets.c.status, _tickets.c.lease_expires_at).where(
-                _tickets.c.conversation_id == conversation_id,
-                _tickets.c.status.in_(("pending", "running")),
-            )
-        ).all())
-
-
-def delete_conversation(conversation: Conversation) -> None:
-    """Delete a conversation with its messages, tickets and their events."""
-    ticket_ids = select(Ticket.id).where(Ticket.conversation_id == conversation.id)
-    db.session.execute(delete(TicketEvent).where(TicketEvent.ticket_id.in_(ticket_ids)))
-    db.session.execute(delete(Ticket).where(Ticket.conversation_id == conversation.id))
-    db.session.execute(delete(Message).where(Message.conversation_id == conversation.id))
-    db.session.delete(conversation)
-    db.session.commit()
+def _finish(
+    ticket_id: str, statement: str, holder: Any, outcome: Outcome,
+    pending: Sequence[StoredEvent] = (), text: str | None = None, done_seq: int | None = None,
+) -> int | None:
+    """Write `done` if `statement` (with `holder` as its last parameter, when not None) moves
+    the ticket to its final status; returns the `done` id, or None if someone else won."""
+    error = outcome.error
+    params: list[Any] = [
+        str(outcome.status), time.time(), outcome.finish_reason, sql.json_text(outcome.usage),
+        str(error["code"]) if error else None, error["message"] if error else None, done_seq,
+        ticket_id,
+    ]
+    if holder is not None:
+        params.append(holder)
+    with sql.Transaction(db.engine) as tx:
+        claimed = tx.execute(statement, params).fetchone()
+        if claimed is None:
+            return None
+        if done_seq is None:
+            done_seq = events.last_stored_seq(tx, ticket_id) + 1
+            tx.execute(_SET_DONE_SEQ, (done_seq, ticket_id))
+        done_event = (done_seq, "done", outcome.done_payload())
+        events.insert_events(tx, events.event_rows(ticket_id, [*pending, done_event]))
+        conversation_id = claimed[0]
+        if text is None:
+            text = events.stored_text(tx, ticket_id)
+        if conversation_id is not None and (outcome.status != TicketStatus.CANCELLED or text):
+            conversations.store_answer(tx, conversation_id, ticket_id, text, outcome.status)
+    return done_seq

@@ -13,8 +13,7 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wsgi import get_content_length
 
-from .errors import InvalidJSON, InvalidRequest, UnsupportedMediaType
-from .tickets import NewTicket
+from .errors import ErrorCode, InvalidJSON, InvalidRequest, UnsupportedMediaType
 
 ROLES = ("system", "user", "assistant")
 _FIELDS = {
@@ -28,6 +27,20 @@ _CHAT_FIELDS = {
     "max_completion_tokens",
 }
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class NewTicket:
+    """A validated `POST /new` body."""
+
+    prompt: str | None
+    messages: list[dict[str, str]] | None
+    conversation_id: str | None
+    model: str
+    system: str | None
+    temperature: float | None
+    max_tokens: int | None
+    regenerate: bool
 
 
 def read_body(request: Request) -> dict[str, Any]:
@@ -121,7 +134,7 @@ def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
     """Validate the fields of a `POST /new` body."""
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
-        raise InvalidRequest(f"Unknown field `{unknown[0]}`.", code="unknown_field")
+        raise InvalidRequest(f"Unknown field `{unknown[0]}`.", code=ErrorCode.UNKNOWN_FIELD)
     prompt = body.get("prompt")
     messages = body.get("messages")
     regenerate = body.get("regenerate", False)
@@ -135,11 +148,11 @@ def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
     elif messages is not None:
         messages = _messages(messages)
     elif prompt is None:
-        raise InvalidRequest("The `prompt` field is required.", code="missing_prompt")
+        raise InvalidRequest("The `prompt` field is required.", code=ErrorCode.MISSING_PROMPT)
     elif not isinstance(prompt, str):
-        raise InvalidRequest("`prompt` must be a string.", code="invalid_prompt")
+        raise InvalidRequest("`prompt` must be a string.", code=ErrorCode.INVALID_PROMPT)
     elif not prompt.strip():
-        raise InvalidRequest("`prompt` must not be empty.", code="empty_prompt")
+        raise InvalidRequest("`prompt` must not be empty.", code=ErrorCode.EMPTY_PROMPT)
     return NewTicket(
         prompt=prompt,
         messages=messages,
@@ -168,10 +181,10 @@ def parse_chat_completion(body: dict[str, Any], default_model: str) -> ChatCompl
         raise InvalidRequest(
             f"Unknown field `{unknown[0]}`: relay forwards only "
             f"{', '.join(f'`{name}`' for name in sorted(_CHAT_FIELDS))}.",
-            code="unknown_field",
+            code=ErrorCode.UNKNOWN_FIELD,
         )
     if "messages" not in body:
-        raise InvalidRequest("The `messages` field is required.", code="invalid_messages")
+        raise InvalidRequest("The `messages` field is required.", code=ErrorCode.INVALID_MESSAGES)
     messages = body["messages"]
     if isinstance(messages, list):
         messages = [_text_message(index, item) for index, item in enumerate(messages)]
@@ -217,7 +230,7 @@ def _text_message(index: int, item: Any) -> Any:
             raise InvalidRequest(
                 f"messages[{index}].content may only hold text parts "
                 '(`{"type": "text", "text": "..."}`).',
-                code="invalid_messages",
+                code=ErrorCode.INVALID_MESSAGES,
             )
         texts.append(part["text"])
     return {**item, "content": "".join(texts)}
@@ -225,28 +238,30 @@ def _text_message(index: int, item: Any) -> Any:
 
 def _messages(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise InvalidRequest("`messages` must be a non-empty list.", code="invalid_messages")
+        raise InvalidRequest(
+            "`messages` must be a non-empty list.", code=ErrorCode.INVALID_MESSAGES
+        )
     checked = []
     for index, item in enumerate(value):
         if not isinstance(item, dict) or set(item) - {"role", "content"}:
             raise InvalidRequest(
                 f"messages[{index}] must be an object with `role` and `content` only.",
-                code="invalid_messages",
+                code=ErrorCode.INVALID_MESSAGES,
             )
         role, content = item.get("role"), item.get("content")
         if role not in ROLES:
             raise InvalidRequest(
                 f"messages[{index}].role must be one of {', '.join(ROLES)}.",
-                code="invalid_messages",
+                code=ErrorCode.INVALID_MESSAGES,
             )
         if not isinstance(content, str):
             raise InvalidRequest(
-                f"messages[{index}].content must be a string.", code="invalid_messages"
+                f"messages[{index}].content must be a string.", code=ErrorCode.INVALID_MESSAGES
             )
         checked.append({"role": role, "content": content})
     if not any(m["role"] == "user" and m["content"].strip() for m in checked):
         raise InvalidRequest(
-            "`messages` needs at least one non-empty user message.", code="invalid_messages"
+            "`messages` needs at least one non-empty user message.", code=ErrorCode.INVALID_MESSAGES
         )
     return checked
 

@@ -13,10 +13,8 @@ lock, so its `done` is never committed ahead of its last chunks.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import gevent
 import gevent.event
@@ -24,12 +22,26 @@ import gevent.lock
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from . import sql, tickets
-
-if TYPE_CHECKING:
-    from .generation import Producer
+from . import events, sql, tickets
+from .events import StoredEvent
+from .state import relay_state
+from .tickets import worker_id
 
 log = logging.getLogger("relay.writer")
+
+
+class Producer(Protocol):
+    """What the writer asks of a ticket's producer (`generation.Producer`)."""
+
+    ticket_id: str
+
+    def take_pending(self) -> list[StoredEvent]: ...
+
+    def give_back(self, batch: list[StoredEvent]) -> None: ...
+
+    def committed(self, upto: int) -> None: ...
+
+    def stop(self, reason: str) -> None: ...
 
 
 class BatchWriter:
@@ -131,17 +143,17 @@ class BatchWriter:
                 self._give_back(tid, batch.get(tid, []))
                 producer.stop(verdict)
         committed = [tid for tid, rows in batch.items() if rows and tid not in verdicts]
-        broker = self.app.extensions["relay"].broker
+        broker = relay_state(self.app).broker
         for tid in committed:
             producer = self._producers.get(tid)
             if producer is not None:
-                producer.log.commit(batch[tid][-1][0])
+                producer.committed(batch[tid][-1][0])
             broker.wake_local(tid)
         if committed:
             broker.publish_many(committed)
 
     def _commit(
-        self, batch: dict[str, list[tickets.StoredEvent]], renew: bool, poll: bool
+        self, batch: dict[str, list[StoredEvent]], renew: bool, poll: bool
     ) -> dict[str, str]:
         me = worker_id()
         with sql.Transaction(self.engine) as tx:
@@ -156,21 +168,21 @@ class BatchWriter:
             if poll:
                 for tid in tickets.cancelled_claims(tx, me):
                     verdicts.setdefault(tid, "cancelled")
-            rows: list[tuple[str, int, str, str]] = []
-            for tid, events in batch.items():
+            rows: list[events.EventRow] = []
+            for tid, stored in batch.items():
                 if tid not in verdicts:
-                    rows.extend(tickets.event_rows(tid, events))
-            tickets.insert_events(tx, rows)
+                    rows.extend(events.event_rows(tid, stored))
+            events.insert_events(tx, rows)
         return verdicts
 
-    def _commit_each(self, batch: dict[str, list[tickets.StoredEvent]]) -> dict[str, str]:
+    def _commit_each(self, batch: dict[str, list[StoredEvent]]) -> dict[str, str]:
         """Commit each ticket's rows in its own transaction; a ticket that is gone is `lost`."""
         verdicts: dict[str, str] = {}
         items = list(batch.items())
-        for index, (tid, events) in enumerate(items):
+        for index, (tid, stored) in enumerate(items):
             try:
                 with sql.Transaction(self.engine) as tx:
-                    tickets.insert_events(tx, tickets.event_rows(tid, events))
+                    events.insert_events(tx, events.event_rows(tid, stored))
             except self.engine.dialect.loaded_dbapi.IntegrityError:
                 log.warning("ticket %s is gone from the store; its producer stops", tid)
                 verdicts[tid] = "lost"
@@ -180,19 +192,9 @@ class BatchWriter:
                 raise
         return verdicts
 
-    def _give_back(self, ticket_id: str, rows: list[tickets.StoredEvent]) -> None:
+    def _give_back(self, ticket_id: str, rows: list[StoredEvent]) -> None:
         producer = self._producers.get(ticket_id)
         if producer is not None and rows:
-            producer.pending[:0] = rows
+            producer.give_back(rows)
             self._dirty.add(ticket_id)
 
-
-def worker_id() -> str:
-    """This process's identity in ticket claims (host and pid, unique per fork)."""
-    pid = os.getpid()
-    if pid not in _worker_ids:
-        _worker_ids[pid] = f"{socket.gethostname()[:40]}:{pid}:{os.urandom(3).hex()}"
-    return _worker_ids[pid]
-
-
-_worker_ids: dict[int, str] = {}

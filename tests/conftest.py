@@ -10,7 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
-from relay import MIGRATIONS_DIR, create_app
+from relay import create_app
+from relay.db import MIGRATIONS_DIR
 
 
 @pytest.fixture()

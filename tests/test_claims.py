@@ -16,12 +16,13 @@ from flask import Flask
 
 from relay import generation, tickets
 from relay.db import db
+from relay.validation import NewTicket
 
 _CLAIM_BEHIND_ITS_BACK = "UPDATE tickets SET status = 'running' WHERE id = ? AND status = 'pending'"
 
 
 def _pending_ticket(app: Flask) -> str:
-    spec = tickets.NewTicket(prompt="hi", messages=None, conversation_id=None, model="m",
+    spec = NewTicket(prompt="hi", messages=None, conversation_id=None, model="m",
                              system=None, temperature=None, max_tokens=None, regenerate=False)
     with app.app_context():
         return tickets.create_ticket("owner", spec).id

@@ -11,8 +11,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
-from relay import MIGRATIONS_DIR, create_app, generation, tickets
-from relay.db import db
+from relay import conversations, create_app, generation
+from relay.db import MIGRATIONS_DIR, db
 from relay.models import Conversation, Ticket
 
 from .helpers import assert_error_shape
@@ -161,7 +161,7 @@ def test_a_ticket_deleted_behind_its_producers_back_stops_it_and_not_the_others(
     while (live := generation.live_log(doomed["id"])) is None or live.visible < 5:
         gevent.sleep(0.01)
     with slow_app.app_context():
-        tickets.delete_conversation(db.session.get(Conversation, doomed["conversation_id"]))
+        conversations.delete_conversation(db.session.get(Conversation, doomed["conversation_id"]))
     other = client.post("/new", json={"prompt": "o" * 400, "model": "mock-echo"}).get_json()
     body = finish(client, other["id"]).decode()
     assert body.count('data: {"delta"') == 100 and '"status": "completed"' in body

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .. import metrics, tickets
+from .. import events, generation, metrics, tickets
 from ..application import PreparedResponse
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
+from ..state import relay_state
+from ..streams import reap_if_expired
 from ..validation import parse_new_ticket, read_body
 
 bp = Blueprint("api", __name__)
@@ -21,8 +22,7 @@ bp = Blueprint("api", __name__)
 def new_ticket() -> Response:
     """Store a prompt and return the ticket to stream it with."""
     body = read_body(request)
-    state = current_app.extensions["relay"]
-    spec = parse_new_ticket(body, state.default_model())
+    spec = parse_new_ticket(body, relay_state().default_model())
     ticket = tickets.create_ticket(current_owner(), spec)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     # What url_for("stream.stream") gives, without building a URL adapter on the hot path.
@@ -39,9 +39,8 @@ def new_ticket() -> Response:
 def show_ticket(ticket_id: str) -> Response:
     """A ticket's status, text so far and usage, for clients that poll."""
     ticket = tickets.load_ticket(ticket_id, current_owner())
-    if ticket.status == "running" and (ticket.lease_expires_at or 0) < time.time():
-        if tickets.reap_if_expired(ticket.id) is not None:
-            current_app.extensions["relay"].broker.notify(ticket.id)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if reap_if_expired(app, tickets.TicketState.of(ticket), ticket.id):
         ticket = tickets.load_ticket(ticket_id, ticket.owner)
     return jsonify(ticket_json(ticket))
 
@@ -52,17 +51,14 @@ def cancel(ticket_id: str) -> tuple[Response, int]:
     ticket = tickets.load_ticket(ticket_id, current_owner())
     if ticket.status in FINISHED_STATUSES:
         return jsonify({"id": ticket.id, "status": ticket.status}), 200
-    tickets.request_cancel(ticket.id)
-    broker = current_app.extensions["relay"].broker
-    broker.cancel(ticket.id)
-    broker.notify(ticket.id)
+    generation.cancel(ticket.id, "asked by its owner")
     ticket = tickets.load_ticket(ticket_id, ticket.owner)
     status = ticket.status if ticket.status in FINISHED_STATUSES else "cancelling"
     return jsonify({"id": ticket.id, "status": status}), 202
 
 
 def ticket_json(ticket: Any) -> dict[str, Any]:
-    text, last_event_id = tickets.ticket_progress(ticket.id)
+    text, last_event_id = events.ticket_progress(ticket.id)
     error = (
         {"code": ticket.error_code, "message": ticket.error_message} if ticket.error_code else None
     )

@@ -9,7 +9,6 @@ before the first token is an HTTP error, as OpenAI's own; after it, an `error` c
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 from typing import Any
@@ -19,32 +18,32 @@ import gevent.socket
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .. import generation, metrics, sse, tickets
+from .. import events, generation, metrics, sse, streams, tickets
 from ..application import PreparedResponse
-from ..broker import Broker
-from ..errors import InternalError, error_response
+from ..errors import ErrorCode, InternalError, error_response
 from ..identity import current_owner
+from ..models import TicketStatus
+from ..state import relay_state
 from ..upstream import UpstreamError
 from ..validation import parse_chat_completion, read_json_object
-from .stream import STREAM_HEADERS, StreamSettings, event_stream, stored_frames, stream_settings
+from .stream import STREAM_HEADERS
 
 bp = Blueprint("compat", __name__, url_prefix="/v1")
 
 # The HTTP status of a generation that failed before its first token, by `done`'s error code.
 _FAILURE_STATUS = {
-    "upstream_rate_limited": 429,
-    "upstream_timeout": 504,
-    "server_shutdown": 503,
-    "internal_error": 500,
+    ErrorCode.UPSTREAM_RATE_LIMITED: 429,
+    ErrorCode.UPSTREAM_TIMEOUT: 504,
+    ErrorCode.SERVER_SHUTDOWN: 503,
+    ErrorCode.INTERNAL_ERROR: 500,
 }
 _DONE_FRAME = b"data: [DONE]\n\n"
-_SETTINGS_KEY = "relay.completion_stream_settings"
 
 
 @bp.get("/models")
 def list_models() -> tuple[Response, int]:
     """The upstream's models in OpenAI's list shape, the default model first."""
-    state = current_app.extensions["relay"]
+    state = relay_state()
     try:
         models = state.upstream.models()
     except UpstreamError as exc:
@@ -60,7 +59,7 @@ def list_models() -> tuple[Response, int]:
 def chat_completions() -> Response:
     """A chat completion through a ticket: streamed as OpenAI's chunks, or answered whole."""
     body = read_json_object(request)
-    state = current_app.extensions["relay"]
+    state = relay_state()
     completion = parse_chat_completion(body, state.default_model())
     owner = current_owner()
     ticket = tickets.create_ticket(owner, completion.ticket)
@@ -70,13 +69,13 @@ def chat_completions() -> Response:
         raise InternalError("The new ticket could not be claimed.")
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:
-        return _whole_answer(state.broker, ticket.id, owner, chunks)
-    settings = _completion_settings(app)
-    _wait_for_first_event(state.broker, ticket.id, settings.heartbeat)
-    error = _failure_before_first_token(app, ticket.id)
+        return _whole_answer(ticket.id, owner, chunks)
+    settings = state.stream_settings.for_one_request()
+    streams.wait_for_first_event(app, ticket.id, settings.heartbeat)
+    error = streams.failure_before_first_token(app, ticket.id)
     if error is not None:
         return _failure_response(error)
-    stream = event_stream(app, state.broker, ticket.id, 0, settings, chunks.render)
+    stream = streams.event_stream(app, ticket.id, 0, settings, chunks.render)
     return PreparedResponse(
         stream, status=200, content_type="text/event-stream; charset=utf-8",
         headers=STREAM_HEADERS, direct_passthrough=True,
@@ -122,7 +121,7 @@ class _Chunks:
         return b"data: %s\n\n" % orjson.dumps({**self._head, "choices": [choice]})
 
     def _end(self, done: dict[str, Any]) -> list[bytes]:
-        if done["status"] == "failed":
+        if done["status"] == TicketStatus.FAILED:
             error = {**done["error"], "type": "upstream_error"}
             return [b"data: %s\n\n" % orjson.dumps({"error": error}), _DONE_FRAME]
         frames = [self._chunk({}, done.get("finish_reason") or "stop")]
@@ -138,66 +137,24 @@ def _completion_id(ticket_id: str) -> str:
     return f"chatcmpl-{ticket_id}"
 
 
-def _completion_settings(app: Flask) -> StreamSettings:
-    """The stream settings, without `retry:` (not an EventSource) and cancelling as soon as the
-    client leaves (it cannot come back)."""
-    settings: StreamSettings | None = app.extensions.get(_SETTINGS_KEY)
-    if settings is None:
-        settings = app.extensions[_SETTINGS_KEY] = dataclasses.replace(
-            stream_settings(app), retry_frame=None, cancel_on_disconnect=True,
-            disconnect_grace=0.0,
-        )
-    return settings
-
-
-def _wait_for_first_event(broker: Broker, ticket_id: str, timeout: float) -> None:
-    """Until the ticket has a committed event here, its producer has ended, or `timeout`: the
-    response's status then says whether the upstream failed at once."""
-    deadline = time.monotonic() + timeout
-    broker.watch(ticket_id)
-    try:
-        while True:
-            version = broker.version(ticket_id)
-            live = generation.live_log(ticket_id)
-            remaining = deadline - time.monotonic()
-            if live is None or live.visible > 0 or remaining <= 0:
-                return
-            broker.wait(ticket_id, version, remaining)
-    finally:
-        broker.unwatch(ticket_id)
-
-
-def _failure_before_first_token(app: Flask, ticket_id: str) -> dict[str, str] | None:
-    """The error of a ticket whose only committed event is a failed `done`."""
-    live = generation.live_log(ticket_id)
-    committed = live.read_after(0) if live is not None else None
-    if committed is None:
-        committed = stored_frames(app, ticket_id, 0)
-    frames, done = committed
-    if not (done and len(frames) == 1):
-        return None
-    payload = orjson.loads(sse.event_and_data(frames[0])[1])
-    return payload.get("error") if payload["status"] == "failed" else None
-
-
 def _failure_response(error: dict[str, str]) -> Response:
-    return error_response(_FAILURE_STATUS.get(error["code"], 502), error["code"],
+    code = ErrorCode(error["code"])
+    return error_response(_FAILURE_STATUS.get(code, 502), code,
                           error["message"], type="upstream_error")
 
 
-def _whole_answer(broker: Broker, ticket_id: str, owner: str, chunks: _Chunks) -> Response:
+def _whole_answer(ticket_id: str, owner: str, chunks: _Chunks) -> Response:
     """Wait for the end of generation (cancelling it if the client leaves), then answer it."""
     producer = generation.producer_greenlet(ticket_id)
     if producer is not None and _left_before(request.environ.get("gunicorn.socket"), producer):
-        tickets.request_cancel(ticket_id)
-        broker.cancel(ticket_id)
+        generation.cancel(ticket_id, "its /v1 client left")
         producer.join()
     ticket = tickets.load_ticket(ticket_id, owner)
-    if ticket.status == "failed":
+    if ticket.status == TicketStatus.FAILED:
         return _failure_response({"code": ticket.error_code, "message": ticket.error_message})
-    if ticket.status == "running":
+    if ticket.status == TicketStatus.RUNNING:
         raise InternalError("The end of the answer could not be stored.")
-    text, _ = tickets.ticket_progress(ticket_id)
+    text, _ = events.ticket_progress(ticket_id)
     return PreparedResponse(
         chunks.whole(text, ticket.finish_reason, ticket.usage), 200,
         content_type="application/json",

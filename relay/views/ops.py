@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import text
 
 from .. import metrics
-from ..db import db
-from ..errors import error_response
+from ..db import SchemaBehind, check_schema, db
+from ..errors import ErrorCode, error_response
+from ..state import relay_state
 
 bp = Blueprint("ops", __name__)
+log = logging.getLogger("relay.ops")
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """200 when the database answers, 503 otherwise."""
+    """200 when the database answers and is at the code's migrations, 503 otherwise."""
     try:
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        check_schema(db.engine, relay_state().migration_heads)
+    except SchemaBehind as exc:
+        return error_response(503, ErrorCode.DATABASE_NOT_MIGRATED, str(exc))
     except Exception as exc:
-        return error_response(503, "database_unavailable", f"The database is unavailable: {exc}")
+        log.warning("health check: the database is unavailable (%s)", type(exc).__name__)
+        return error_response(
+            503, ErrorCode.DATABASE_UNAVAILABLE, "The database is unavailable."
+        )
     return jsonify({"status": "ok"})
 
 

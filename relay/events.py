@@ -1,0 +1,121 @@
+"""A ticket's stored events: `done`, or runs of consecutive deltas, written and read back.
+
+Consecutive deltas are stored as one row, a run: its `seq` is the id of the run's last event and
+its `data` the events' JSON texts joined by newlines (JSON text has no raw line break). A row per
+token was the largest single cost of relaying an answer. Must not know HTTP or claims.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from . import sql
+from .db import db
+from .models import TicketEvent, TicketStatus
+
+StoredEvent = tuple[int, str, str]
+"""(seq, kind, data): kind is `delta` or `done`, data the JSON text of the event's payload."""
+
+EventRow = tuple[str, int, str, str]
+"""(ticket_id, seq, kind, data): one row of `ticket_events`."""
+
+MAX_RUN = 256  # deltas per row at most
+
+_events = TicketEvent.__table__
+_INSERT_EVENTS = "INSERT INTO ticket_events (ticket_id, seq, kind, data) VALUES (?, ?, ?, ?)"
+_LAST_STORED_SEQ = "SELECT COALESCE(MAX(seq), 0) FROM ticket_events WHERE ticket_id = ?"
+_STORED_DELTAS = (
+    "SELECT data FROM ticket_events WHERE ticket_id = ? AND kind = 'delta' ORDER BY seq"
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended: what its `done` event says."""
+
+    status: TicketStatus
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    def done_payload(self) -> str:
+        """The JSON text of the `done` event."""
+        payload: dict[str, Any] = {"status": str(self.status),
+                                   "finish_reason": self.finish_reason, "usage": self.usage or {}}
+        if self.error:
+            payload["error"] = self.error
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def event_rows(ticket_id: str, events: Sequence[StoredEvent]) -> list[EventRow]:
+    """Rows for `insert_events`: each run of consecutive deltas in one row, `done` in its own."""
+    rows: list[EventRow] = []
+    run: list[str] = []
+    last = 0
+    for seq, kind, data in events:
+        if run and (kind != "delta" or seq != last + 1 or len(run) >= MAX_RUN):
+            rows.append((ticket_id, last, "delta", "\n".join(run)))
+            run = []
+        if kind == "delta":
+            run.append(data)
+        else:
+            rows.append((ticket_id, seq, kind, data))
+        last = seq
+    if run:
+        rows.append((ticket_id, last, "delta", "\n".join(run)))
+    return rows
+
+
+def events_of_rows(rows: Sequence[tuple[int, str, str]], after_seq: int) -> list[StoredEvent]:
+    """The events after `after_seq` stored in `rows` of (seq, kind, data), in seq order."""
+    events: list[StoredEvent] = []
+    for last, kind, data in rows:
+        if kind != "delta":
+            events.append((last, kind, data))
+            continue
+        texts = data.split("\n")
+        first = last - len(texts) + 1
+        events.extend(
+            (first + index, kind, texts[index])
+            for index in range(max(0, after_seq + 1 - first), len(texts))
+        )
+    return events
+
+
+def insert_events(tx: sql.Transaction, rows: list[EventRow]) -> None:
+    """Insert event rows (from `event_rows`) with one executemany."""
+    tx.executemany(_INSERT_EVENTS, rows)
+
+
+def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
+    """Stored events with seq > after_seq, in order."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            select(_events.c.seq, _events.c.kind, _events.c.data)
+            .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
+            .order_by(_events.c.seq)
+        ).all()
+    return events_of_rows([(row[0], row[1], row[2]) for row in rows], after_seq)
+
+
+def last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
+    """The id of the ticket's newest stored event (0 before the first)."""
+    return int(tx.execute(_LAST_STORED_SEQ, (ticket_id,)).fetchone()[0])
+
+
+def stored_text(tx: sql.Transaction, ticket_id: str) -> str:
+    """The answer text of the ticket's stored deltas."""
+    rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()
+    return "".join(orjson.loads(text)["delta"] for row in rows for text in row[0].split("\n"))
+
+
+def ticket_progress(ticket_id: str) -> tuple[str, int]:
+    """The answer text stored so far and the id of the last stored event."""
+    with sql.Transaction(db.engine) as tx:
+        return stored_text(tx, ticket_id), last_stored_seq(tx, ticket_id)
