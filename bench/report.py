@@ -143,6 +143,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += _pass_note(ttft.get("added_relay_v1", {}), "relay_v1",
                         "Relay's `/v1/chat/completions` (one streaming request, as LiteLLM's)")
     lines += _floor_note(added, added_warm)
+    lines += _compare_note(data)
     lines += _pass_note(ttft.get("added_new_visitor", {}), "relay",
                         "Relay with a new visitor on every stream (a cookie made and signed each "
                         "time; the table's relay is one returning visitor)")
@@ -164,6 +165,26 @@ def _floor_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str]:
         return []
     return ["", "The floor (the contract's two steps on gunicorn's gevent worker and Flask, "
             "nothing stored, checked or parsed) adds " + "; ".join(parts) + "."]
+
+
+def _compare_note(data: dict[str, Any]) -> list[str]:
+    """relay against `relay_b` (another checkout, `--compare`), measured in the same passes."""
+    meta, ttft = data["meta"], data.get("ttft", {})
+    sat = data.get("throughput", {}).get("saturation", {})
+    if not meta.get("relay_b"):
+        return []
+    parts = []
+    for mode in ("added", "added_warm", "added_new_visitor"):
+        a, b = (_get(ttft, mode, name, "median_ms") for name in ("relay", "relay_b"))
+        if a is not None and b:
+            parts.append(f"{mode.replace('_', ' ')} TTFT {a:.2f} vs {b:.2f} ms ({a / b:.3f})")
+    for key, what in (("tokens_per_s", "tokens/s"), ("tokens_per_cpu_s", "tokens per CPU-s")):
+        a, b = (_get(sat, name, key) for name in ("relay", "relay_b"))
+        if a is not None and b:
+            parts.append(f"{what} {a:,.0f} vs {b:,.0f} ({a / b:.3f})")
+    return ["", f"This relay ({meta.get('relay_commit')}) against relay_b "
+            f"({meta['relay_b']}, {meta.get('relay_b_commit')}), same passes: "
+            + "; ".join(parts) + "."]
 
 
 def _pass_note(added: dict[str, Any], name: str, what: str) -> list[str]:

@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few requests each (~1 minute)")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy")
     parser.add_argument("--out", type=Path, default=servers.BENCH_DIR / "results")
+    parser.add_argument("--compare", type=Path, default=None, metavar="CHECKOUT",
+                        help="also run the relay of another checkout (e.g. a git worktree of "
+                             "main) as `relay_b`, interleaved with this one in TTFT and "
+                             "throughput, for a side-by-side comparison in one run")
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["ttft", "throughput", "tickets", "streams"],
                         help="run only these measurements")
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.install_litellm()
     with_litellm = with_litellm and servers.litellm_installed()
     data = run(plan, args.smoke, with_litellm, set(args.only or
-                                                    ["ttft", "throughput", "tickets", "streams"]))
+                                                    ["ttft", "throughput", "tickets", "streams"]),
+               compare=args.compare)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only:
         data = _merge_into(args.out / "results.json", data)
@@ -85,20 +90,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(plan: Plan, smoke: bool, with_litellm: bool, only: set[str]) -> dict[str, Any]:
-    """Every measurement in order, each against freshly started servers."""
+def run(
+    plan: Plan, smoke: bool, with_litellm: bool, only: set[str], compare: Path | None = None,
+) -> dict[str, Any]:
+    """Every measurement in order, each against freshly started servers; with `compare`, the
+    relay of that checkout too, as `relay_b`, in TTFT and throughput."""
     nofile = servers.raise_file_limit()
     server_cpus, load_cpus = servers.split_cpus()
     os.sched_setaffinity(0, load_cpus)
     workers = len(server_cpus)
     names = ["relay", "direct", "ceiling"] + (["litellm"] if with_litellm else [])
+    compared = ["relay_b"] if compare is not None else []
     data: dict[str, Any] = {"meta": {
         "mode": "smoke" if smoke else "full", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(), "server_cpus": sorted(server_cpus),
         "load_cpus": sorted(load_cpus), "workers": workers, "targets": names,
         "open_files_limit": nofile, "python": platform.python_version(),
-        "relay_commit": _git_commit(), "litellm": servers.LITELLM_REQUIREMENT if with_litellm
-        else None, "saturation_concurrency": plan.levels[-1], "plan": plan.__dict__,
+        "relay_commit": _git_commit(), "relay_b": str(compare) if compare else None,
+        "relay_b_commit": _git_commit(compare) if compare else None,
+        "litellm": servers.LITELLM_REQUIREMENT if with_litellm else None,
+        "saturation_concurrency": plan.levels[-1], "plan": plan.__dict__,
     }}
     fast = model_name(plan.answer_tokens)
     short = model_name(4)
@@ -109,9 +120,10 @@ def run(plan: Plan, smoke: bool, with_litellm: bool, only: set[str]) -> dict[str
         stack.callback(upstream.stop)
 
         def start(name: str, **relay_options: Any) -> servers.Service:
-            if name == "relay":
+            if name in ("relay", "relay_b"):
                 service = servers.start_relay(upstream.port, server_cpus, log_dir,
-                                              workers=workers, **relay_options)
+                                              workers=workers, **relay_options,
+                                              source=compare if name == "relay_b" else None)
             elif name == "litellm":
                 service = servers.start_litellm(upstream.port, [fast, short, SLOW_MODEL],
                                                 server_cpus, log_dir, workers=workers)
@@ -125,12 +137,12 @@ def run(plan: Plan, smoke: bool, with_litellm: bool, only: set[str]) -> dict[str
             return service
 
         def target(name: str, service: servers.Service) -> Target:
-            kind = "relay" if name in ("relay", "floor") else "openai"
+            kind = "relay" if name in ("relay", "relay_b", "floor") else "openai"
             return Target(name, "127.0.0.1", service.port, kind)
 
         if only & {"ttft", "throughput"}:
             _log("starting relay, ceiling" + (", LiteLLM" if with_litellm else ""))
-            running = {name: start(name) for name in names}
+            running = {name: start(name) for name in names + compared}
             targets = [target(name, service) for name, service in running.items()]
             if "ttft" in only:
                 _log("measuring TTFT, one stream at a time (with the floor)")
@@ -180,7 +192,7 @@ def _ttft(plan: Plan, targets: list[Target], relay: servers.Service, model: str)
     # Once more interleaved, relay's streams each a new visitor's (it makes and signs a cookie
     # every time): what a browser's first message costs, against the same peers.
     result["new_visitor"] = measure.ttft(targets, model, plan.ttft_count, plan.ttft_warmup,
-                                         new_visitors=frozenset({"relay"}))
+                                         new_visitors=frozenset({"relay", "relay_b"}))
     result["added"] = report.added_ttft(result["results"])
     result["added_warm"] = report.added_ttft(result["warm"])
     result["added_new_visitor"] = report.added_ttft(result["new_visitor"])
@@ -243,10 +255,10 @@ def _merge_into(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _git_commit() -> str | None:
+def _git_commit(checkout: Path = servers.REPO_DIR) -> str | None:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=servers.REPO_DIR, capture_output=True,
+            ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True,
             text=True, check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

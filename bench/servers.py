@@ -163,9 +163,10 @@ def start_floor(upstream_port: int, cpus: Iterable[int], log_dir: Path) -> Servi
 
 def start_relay(
     upstream_port: int, cpus: Iterable[int], log_dir: Path, *, workers: int,
-    heartbeat: float = 15.0, model: str = "bench-n64-t0-p0",
+    heartbeat: float = 15.0, model: str = "bench-n64-t0-p0", source: Path | None = None,
 ) -> Service:
-    """`relay serve` with a fresh instance folder (fresh SQLite), pointed at the upstream."""
+    """`relay serve` with a fresh instance folder (fresh SQLite), pointed at the upstream; with
+    `source`, the relay package of that checkout (first on PYTHONPATH) rather than this one."""
     port = free_port()
     instance = log_dir / f"relay-instance-{port}"
     instance.mkdir(parents=True)
@@ -180,9 +181,12 @@ def start_relay(
         "RELAY_HEARTBEAT_SECONDS": str(heartbeat), "RELAY_DEFAULT_MODEL": model,
         "RELAY_UPSTREAM_TIMEOUT_SECONDS": "60", "RELAY_LOG_LEVEL": "WARNING",
     })
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source.resolve()),
+                                                          env.get("PYTHONPATH")]))
     argv = [str(relay_bin), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    service = Service("relay", argv, port, cpus=cpus, log_dir=log_dir, env=env,
-                      ready_path="/healthz", cwd=instance, stop_signal=signal.SIGINT)
+    service = Service("relay_b" if source else "relay", argv, port, cpus=cpus, log_dir=log_dir,
+                      env=env, ready_path="/healthz", cwd=instance, stop_signal=signal.SIGINT)
     return service.wait_ready()
 
 
