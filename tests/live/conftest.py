@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from .fake_upstream import FakeUpstream
-from .relay_server import RelayServer
+from .relay_server import RELAY_BIN, RelayServer
+
+POSTGRES_URL = os.environ.get(
+    "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,6 +62,31 @@ def relay(start_relay: Callable[..., RelayServer], upstream: FakeUpstream) -> Re
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
         "RELAY_DEFAULT_MODEL": "echo", "RELAY_UPSTREAM_TIMEOUT_SECONDS": "3",
     })
+
+
+@pytest.fixture()
+def new_database() -> Iterator[Callable[[], str]]:
+    """Make fresh, empty PostgreSQL databases (URLs returned), dropped afterwards."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"relay_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+
+    yield make
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def upgrade_database(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`relay db upgrade` on the database at `url`, as a release phase runs it."""
+    env = {**os.environ, "DATABASE_URL": url, "RELAY_INSTANCE_PATH": str(cwd)}
+    return subprocess.run([str(RELAY_BIN), "db", "upgrade"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture()

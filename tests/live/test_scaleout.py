@@ -16,24 +16,26 @@ import pytest
 import redis
 
 from ..helpers import new_ticket, read_stream, text_of
+from .conftest import POSTGRES_URL, upgrade_database
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.postgres, pytest.mark.redis]
 
-POSTGRES_URL = os.environ.get(
-    "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, dropped afterwards."""
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL database for this module, migrated as a release phase would, and
+    dropped afterwards."""
     name = f"relay_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    upgraded = upgrade_database(url, tmp_path_factory.mktemp("release"))
+    assert upgraded.returncode == 0, upgraded.stderr
+    yield url
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
