@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install frontend chromium run test lint bench screenshots clean
+.PHONY: install frontend chromium run test lint typecheck unit check bench screenshots clean
 
 install: $(VENV)/.installed
 
@@ -31,8 +31,19 @@ run: install
 lint: $(VENV)/.installed
 	$(BIN)/ruff check relay tests
 
-## make test: install everything, lint, then the whole suite (needs PostgreSQL and Redis).
-test: install frontend chromium lint
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy
+
+# The tests that start no server: no PostgreSQL, Redis or browser needed.
+unit: $(VENV)/.installed
+	$(BIN)/pytest -q -m "not live and not browser" --ignore=tests/live
+
+## make check: lint, types and the tests that start no server, side by side; under 30 s.
+check:
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck unit
+
+## make test: install everything, lint, type-check, then the whole suite (needs PostgreSQL, Redis).
+test: install frontend chromium lint typecheck
 	$(BIN)/pytest
 
 ## make screenshots: PNGs of the chat page's main states, desktop and phone, in screenshots/.
