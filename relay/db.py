@@ -5,8 +5,7 @@ Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so con
 with synchronous=NORMAL and a short busy timeout, and callers keep transactions tiny. In a gevent
 worker the WAL is checkpointed every second, mostly by a native thread from gevent's pool: a
 checkpoint copies megabytes into the database file, and SQLite's automatic one would do it inside
-whichever commit crossed the threshold, stalling every stream of the worker (the p99 of time to
-first token went from about 8 to 20 ms).
+whichever commit crossed the threshold, stalling every stream of the worker.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 
 import gevent
 import orjson
@@ -23,9 +22,10 @@ from . import metrics, sse, tickets
 from .broker import Broker
 from .errors import ErrorCode
 from .events import Outcome, StoredEvent
+from .livelog import LiveLog
 from .models import TicketStatus
 from .state import relay_state
-from .tickets import worker_id
+from .tickets import Verdict, worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
 from .writer import BatchWriter
 
@@ -33,56 +33,6 @@ log = logging.getLogger("relay.generation")
 
 _producers: dict[str, Producer] = {}
 
-_LOST = "lost"  # the claim: someone else writes `done`
-_STOP_OUTCOMES = {"cancelled": tickets.CANCELLED}
-
-
-# Committed frames a LiveLog keeps for readers that are behind (it holds up to twice this many);
-# a reader further behind, or resuming from further back, reads the database.
-KEEP_COMMITTED = 64
-
-
-@dataclass(slots=True)
-class LiveLog:
-    """The newest encoded frames of a ticket being generated here: event ids dropped+1 ... count.
-
-    Events up to `visible` are committed, and readers send no others, so every event a client has
-    seen survives this worker's death. Only the newest committed frames are kept, so a long
-    answer's memory stays bounded. `has_done` once the last frame is this producer's committed
-    `done`; a log that `finished` without it (the claim was lost, the end could not be stored, or
-    the ticket was deleted) sends its readers to the database.
-    """
-
-    frames: list[bytes] = field(default_factory=list)
-    dropped: int = 0
-    visible: int = 0
-    finished: bool = False
-    has_done: bool = False
-
-    @property
-    def count(self) -> int:
-        """The id of the newest event (0 before the first)."""
-        return self.dropped + len(self.frames)
-
-    def append(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def read_after(self, last_seen: int) -> tuple[list[bytes], bool] | None:
-        """The committed frames after event `last_seen` and whether they end with `done`; None
-        when the reader must use the database (frames it needs were dropped, or `done` was
-        written by someone else)."""
-        if (self.finished and not self.has_done) or last_seen < self.dropped:
-            return None
-        frames = self.frames[last_seen - self.dropped : self.visible - self.dropped]
-        return frames, self.has_done and last_seen + len(frames) == self.count
-
-    def commit(self, upto: int) -> None:
-        """Events up to id `upto` are committed; drop old committed frames, in batches."""
-        self.visible = max(self.visible, upto)
-        excess = self.visible - self.dropped - KEEP_COMMITTED
-        if excess >= KEEP_COMMITTED:
-            del self.frames[:excess]
-            self.dropped += excess
 
 
 class Stop(BaseException):
@@ -214,13 +164,13 @@ class Producer:
 
     def run(self) -> None:
         self.writer.register(self)
-        self.broker.on_cancel(self.ticket_id, lambda: self.stop("cancelled"))
+        self.broker.on_cancel(self.ticket_id, lambda: self.stop(Verdict.CANCELLED))
         try:
             outcome = self._stream()
         finally:
             self.broker.off_cancel(self.ticket_id)
         try:
-            if outcome is not _LOST:
+            if isinstance(outcome, Outcome):
                 self._finish(outcome)
         finally:
             self.writer.unregister(self.ticket_id)
@@ -229,13 +179,13 @@ class Producer:
             # `done`, or the one the claim's new holder wrote, or none (the ticket was deleted).
             self.log.finished = True
             self.broker.notify(self.ticket_id)
-            status = outcome if outcome is _LOST else outcome.status
+            status = outcome.status if isinstance(outcome, Outcome) else outcome
             log.info("ticket %s %s after %.2fs, %d chunks", self.ticket_id, status,
                      time.monotonic() - self.started, self.log.count)
 
-    def _stream(self) -> Outcome | str:
+    def _stream(self) -> Outcome | Verdict:
         """Relay the upstream's chunks until it finishes, fails or is stopped; the outcome, or
-        `_LOST` when the claim was lost."""
+        `Verdict.LOST` when the claim was lost (someone else writes `done`)."""
         chunks = self.chunks
         try:
             while True:
@@ -254,10 +204,10 @@ class Producer:
                 if item.text:
                     self._append(item)
         except Stop as stop:
-            if stop.reason == _LOST:
-                return _LOST
-            if stop.reason in _STOP_OUTCOMES:
-                return _STOP_OUTCOMES[stop.reason]
+            if stop.reason == Verdict.LOST:
+                return Verdict.LOST
+            if stop.reason == Verdict.CANCELLED:
+                return tickets.CANCELLED
             return _failed(ErrorCode.SERVER_SHUTDOWN,
                            f"The relay stopped generating ({stop.reason}).")
         except UpstreamError as exc:

@@ -41,11 +41,10 @@ def when_ready(server: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    # The app's ~150,000 objects from imports and start-up never become garbage: frozen, no
-    # collection walks them again. With thousands of open streams, the default thresholds
-    # (700, 10, 10) ran young collections of 40-80 ms and full ones of up to 390 ms, a third of
-    # the worker's CPU at 4,000 slow streams; cycles are rare here (werkzeug's URL matcher makes
-    # one per request), so young collections can wait for 50,000 new objects.
+    # The objects of imports and start-up never become garbage: frozen, no collection walks
+    # them again. With thousands of open streams the default thresholds spent a third of the
+    # worker's CPU in collections; cycles are rare here, so young collections can wait for
+    # 50,000 new objects.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 

@@ -57,5 +57,7 @@ class IdentityCookie(SessionInterface):
 
 
 def _signer(app: Flask) -> Signer:
+    if not app.secret_key:
+        raise RuntimeError("relay's identity cookie needs the app's secret key")
     return Signer(app.secret_key, salt="relay-identity", key_derivation="hmac",
                   digest_method=hashlib.sha256)

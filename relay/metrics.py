@@ -39,9 +39,9 @@ TIME_TO_FIRST_CHUNK = Histogram(
 def soon(update: Callable[[], object]) -> None:
     """Make a metric update at the event loop's next turn in a gevent worker, else at once.
 
-    A sample in multiprocess mode took 30-50 µs on a cold cache (a gevent lock, a getpid, a
-    write to the shared file), on the path of `POST /new`'s answer and of a stream's first
-    token; the worker takes it once it waits for I/O. Updates run in the order they were made.
+    A sample in multiprocess mode (a gevent lock, a getpid, a write to the shared file) would
+    otherwise sit on the path of `POST /new`'s answer and of a stream's first token; the worker
+    takes it once it waits for I/O. Updates run in the order they were made.
     """
     if gevent.monkey.is_module_patched("socket"):
         gevent.get_hub().loop.run_callback(update)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import db
+
+if TYPE_CHECKING:  # db.Model is made at run time from Base, which type checkers can follow
+    from .db import Base as Model
+else:
+    Model = db.Model
 
 
 class TicketStatus(StrEnum):
@@ -26,7 +31,7 @@ FINISHED_STATUSES = frozenset({TicketStatus.COMPLETED, TicketStatus.FAILED, Tick
 ACTIVE_STATUSES = frozenset({TicketStatus.PENDING, TicketStatus.RUNNING})
 
 
-class Conversation(db.Model):
+class Conversation(Model):
     __tablename__ = "conversations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -36,7 +41,7 @@ class Conversation(db.Model):
     updated_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
-class Message(db.Model):
+class Message(Model):
     __tablename__ = "messages"
     __table_args__ = (Index("ix_messages_conversation_position", "conversation_id", "position"),)
 
@@ -52,7 +57,7 @@ class Message(db.Model):
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
-class Ticket(db.Model):
+class Ticket(Model):
     __tablename__ = "tickets"
     # A ticket changes status twice (claimed, finished): keyed on what does not change, and
     # only running tickets in the claims index, each of those writes touches fewer pages.
@@ -84,7 +89,7 @@ class Ticket(db.Model):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-class TicketEvent(db.Model):
+class TicketEvent(Model):
     """Streamed events: `done`, or a run of consecutive deltas (`seq` is the last one's id,
     `data` their JSON texts joined by newlines, as `tickets.event_rows` writes them)."""
 

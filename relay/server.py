@@ -33,7 +33,7 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
-class CoalescingResponse(wsgi.Response):  # type: ignore[misc]
+class CoalescingResponse(wsgi.Response):
     """gunicorn's response, but the head goes out in one send with the first body bytes, and
     each body write is one send.
 
@@ -42,6 +42,10 @@ class CoalescingResponse(wsgi.Response):  # type: ignore[misc]
     A head with no body after it (HEAD, 204, an empty body) is sent alone.
     """
 
+    sock: socket.socket
+    chunked: bool
+    headers: list[tuple[str, str]]
+    headers_sent: bool
     _hold = False
     _head = b""
 
@@ -74,7 +78,7 @@ class CoalescingResponse(wsgi.Response):  # type: ignore[misc]
         send_all(self.sock, head + data if head else data)
 
 
-class RelayWorker(GeventWorker):  # type: ignore[misc]
+class RelayWorker(GeventWorker):
     """gunicorn's gevent worker, with `CoalescingResponse`, and a keep-alive connection reads its
     next request only after a turn of the event loop.
 

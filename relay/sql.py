@@ -1,15 +1,14 @@
 """Plain SQL for the statements on the hot paths, in short transactions on pooled connections.
 
 A ticket is written several times per stream (created, claimed, each batch of its chunks,
-finished). Through SQLAlchemy's execution layer each statement cost about 15 µs on top of the
-database's own work, as much as SQLite's work itself (POST /new's transaction: 130 -> 75 µs), so
-these statements are SQL text with `?` placeholders, turned once into the driver's paramstyle and
-run on the engine's pooled DBAPI connection. Everything else stays SQLAlchemy. Must not know HTTP.
+finished), and SQLAlchemy's execution layer cost as much as SQLite's own work on these
+statements, so they are SQL text with `?` placeholders, turned once into the driver's paramstyle
+and run on the engine's DBAPI connection. Everything else stays SQLAlchemy. Must not know HTTP.
 
-SQLite connections are kept here, out of SQLAlchemy's pool: its checkout and check-in, through
-gevent's locks, cost 12-20 µs a transaction in a worker, more than the claim statement itself.
-A SQLite transaction never yields, so a worker rarely holds more than one; PostgreSQL
-connections stay in the pool, which pings them before reuse.
+SQLite connections are kept here, out of SQLAlchemy's pool, whose checkout and check-in (through
+gevent's locks) cost more than the claim statement itself. A SQLite transaction never yields,
+so a worker rarely holds more than one; PostgreSQL connections stay in the pool, which pings
+them before reuse.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from flask import Flask
 
 from . import events, generation, metrics, sse, tickets
 from .broker import Broker
+from .livelog import LiveLog
 from .models import FINISHED_STATUSES, TicketStatus
 from .state import relay_state
 
@@ -72,7 +73,7 @@ def event_stream(
         if settings.retry_frame is not None:
             yield settings.retry_frame
         last_write = time.monotonic()
-        live: generation.LiveLog | None = None
+        live: LiveLog | None = None
         while True:
             version = broker.version(ticket_id)
             # Kept once seen: a finished log still holds its committed `done`.

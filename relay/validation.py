@@ -93,9 +93,9 @@ def _json_object(request: Request) -> dict[str, Any]:
 
 
 def _body_bytes(request: Request) -> bytes:
-    """The body, read straight from the WSGI input: werkzeug's guarded stream around it cost
-    ~35 µs of each POST /new (cold caches), and stopped a chunked body at the limit without a
-    word, so an over-limit prompt failed as invalid JSON (or, as a form, was stored cut)."""
+    """The body, read straight from the WSGI input: werkzeug's guarded stream around it stopped
+    a chunked body at the limit without a word, so an over-limit prompt failed as invalid JSON
+    (or, as a form, was stored cut)."""
     environ = request.environ
     limit = request.max_content_length
     length = get_content_length(environ)

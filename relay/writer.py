@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from . import events, sql, tickets
 from .events import StoredEvent
 from .state import relay_state
-from .tickets import worker_id
+from .tickets import Verdict, worker_id
 
 log = logging.getLogger("relay.writer")
 
@@ -154,20 +154,20 @@ class BatchWriter:
 
     def _commit(
         self, batch: dict[str, list[StoredEvent]], renew: bool, poll: bool
-    ) -> dict[str, str]:
+    ) -> dict[str, Verdict]:
         me = worker_id()
         with sql.Transaction(self.engine) as tx:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
             # and then a renewal is due: checking at renewal time is enough. The renewal counts
             # the claims still held and not cancelled; only a shortfall needs a look at each.
-            verdicts: dict[str, str] = {}
+            verdicts: dict[str, Verdict] = {}
             if renew:
                 held = tickets.renew_leases(tx, me, time.time() + self.lease_seconds)
                 if held != len(self._producers):
                     verdicts = tickets.check_claims(tx, list(self._producers), me)
             if poll:
                 for tid in tickets.cancelled_claims(tx, me):
-                    verdicts.setdefault(tid, "cancelled")
+                    verdicts.setdefault(tid, Verdict.CANCELLED)
             rows: list[events.EventRow] = []
             for tid, stored in batch.items():
                 if tid not in verdicts:
@@ -175,9 +175,9 @@ class BatchWriter:
             events.insert_events(tx, rows)
         return verdicts
 
-    def _commit_each(self, batch: dict[str, list[StoredEvent]]) -> dict[str, str]:
+    def _commit_each(self, batch: dict[str, list[StoredEvent]]) -> dict[str, Verdict]:
         """Commit each ticket's rows in its own transaction; a ticket that is gone is `lost`."""
-        verdicts: dict[str, str] = {}
+        verdicts: dict[str, Verdict] = {}
         items = list(batch.items())
         for index, (tid, stored) in enumerate(items):
             try:
@@ -185,7 +185,7 @@ class BatchWriter:
                     events.insert_events(tx, events.event_rows(tid, stored))
             except self.engine.dialect.loaded_dbapi.IntegrityError:
                 log.warning("ticket %s is gone from the store; its producer stops", tid)
-                verdicts[tid] = "lost"
+                verdicts[tid] = Verdict.LOST
             except Exception:
                 for left, rows in items[index:]:  # not committed: retried at the next flush
                     self._give_back(left, rows)

@@ -3,8 +3,8 @@
 The SDK client holds the configuration (base URL, API key, organization and project, its
 headers) and lists the models. The streaming call is that same request, built once per process
 from the SDK client's URL and headers, sent on a pooled keep-alive connection (`connection.py`)
-and parsed from raw bytes: through the SDK and its httpx2 layers it cost about 2.5 ms of CPU
-before the first token and three times as much per token (see ARCHITECTURE.md, "Performance").
+and parsed from raw bytes: through the SDK and its httpx2 layers it cost more CPU than all of
+relay's other work, before the first token and per token (bench/README.md has the history).
 Callers see only Delta, Finish and UpstreamError. Timeouts are ours and nothing is retried once
 the upstream may have seen the request: a retried streaming call would pay for the tokens twice.
 """
