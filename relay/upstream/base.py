@@ -6,6 +6,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..errors import ErrorCode
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -45,7 +47,7 @@ Chunks = Generator[Delta | Finish, None, None]
 class UpstreamError(Exception):
     """The upstream failed; `code` and `message` go into the ticket's `done` event as is."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 
 import gevent
 
-from .base import ChatRequest, Delta, Finish
+from .base import ChatRequest, Chunks, Delta, Finish
 
 CHAT_MODEL = "mock-chat"
 ECHO_MODEL = "mock-echo"
@@ -32,7 +31,7 @@ class MockUpstream:
     def models(self) -> list[str]:
         return [CHAT_MODEL, ECHO_MODEL]
 
-    def stream(self, request: ChatRequest) -> Iterator[Delta | Finish]:
+    def stream(self, request: ChatRequest) -> Chunks:
         prompt = _last_user_message(request.messages)
         if request.model == ECHO_MODEL:
             size = max(4, math.ceil(len(prompt) / _MAX_ECHO_CHUNKS))

@@ -22,6 +22,7 @@ import httpx2
 import openai
 import orjson
 
+from ..errors import ErrorCode as Code
 from .base import ChatRequest, Chunks, Delta, Finish, UpstreamError
 from .connection import Call, Endpoint, ProtocolError, Response, UnreachableError
 
@@ -120,18 +121,19 @@ class OpenAIUpstream:
             yield from parser.end()
         except TimeoutError as exc:
             raise UpstreamError(
-                "upstream_timeout", f"The upstream sent nothing for {self._read_timeout:g} seconds."
+                Code.UPSTREAM_TIMEOUT,
+                f"The upstream sent nothing for {self._read_timeout:g} seconds.",
             ) from exc
         except UnreachableError as exc:
-            raise UpstreamError("upstream_unreachable", str(exc)) from exc
+            raise UpstreamError(Code.UPSTREAM_UNREACHABLE, str(exc)) from exc
         except ProtocolError as exc:
             raise UpstreamError(
-                "upstream_bad_response", f"The upstream sent a malformed response: {exc}"
+                Code.UPSTREAM_BAD_RESPONSE, f"The upstream sent a malformed response: {exc}"
             ) from exc
         except OSError as exc:
             when = "mid-answer" if response is not None else "before answering"
             raise UpstreamError(
-                "upstream_disconnected", f"The upstream connection broke {when}: {exc!r}"
+                Code.UPSTREAM_DISCONNECTED, f"The upstream connection broke {when}: {exc!r}"
             ) from exc
         finally:
             if response is not None:
@@ -184,8 +186,8 @@ class _EventParser:
             buffer = buffer.replace(b"\r", b"\n") + keep
         *blocks, self._buffer = buffer.split(b"\n\n")
         if len(self._buffer) > _MAX_EVENT:
-            raise UpstreamError("upstream_bad_response", "The upstream sent an event of more than "
-                                f"{_MAX_EVENT} bytes.")
+            raise UpstreamError(Code.UPSTREAM_BAD_RESPONSE,
+                                f"The upstream sent an event of more than {_MAX_EVENT} bytes.")
         for block in blocks:
             data = _data_of(block)
             if data is not None and (text := self._parse(data)):
@@ -198,7 +200,7 @@ class _EventParser:
             yield Delta(text)
         if self._finish_reason is None:
             raise UpstreamError(
-                "upstream_disconnected", "The upstream ended the stream before it finished."
+                Code.UPSTREAM_DISCONNECTED, "The upstream ended the stream before it finished."
             )
         yield Finish(self._finish_reason, self._usage)
 
@@ -212,15 +214,15 @@ class _EventParser:
             chunk = orjson.loads(data)
         except ValueError as exc:
             raise UpstreamError(
-                "upstream_bad_response", f"The upstream sent malformed data: {exc}"
+                Code.UPSTREAM_BAD_RESPONSE, f"The upstream sent malformed data: {exc}"
             ) from exc
         if not isinstance(chunk, dict):
-            raise UpstreamError("upstream_bad_response", "The upstream sent a chunk that is not "
+            raise UpstreamError(Code.UPSTREAM_BAD_RESPONSE, "The upstream sent a chunk that is not "
                                 "a JSON object.")
         if chunk.get("error"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
-            raise UpstreamError("upstream_error", f"The upstream reported an error: {message}")
+            raise UpstreamError(Code.UPSTREAM_ERROR, f"The upstream reported an error: {message}")
         if chunk.get("usage"):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -257,26 +259,26 @@ def _status_error(status: int, raw: bytes) -> UpstreamError:
     detail = str(message) if message else raw[:200].decode("utf-8", "replace").strip()
     if status == 429:
         return UpstreamError(
-            "upstream_rate_limited", f"The upstream is rate limiting requests (429): {detail}"
+            Code.UPSTREAM_RATE_LIMITED, f"The upstream is rate limiting requests (429): {detail}"
         )
-    return UpstreamError("upstream_error", f"The upstream answered HTTP {status}: {detail}")
+    return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream answered HTTP {status}: {detail}")
 
 
 def _translate_sdk_error(exc: Exception) -> UpstreamError:
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
-        return UpstreamError("upstream_timeout", "The upstream did not answer in time.")
+        return UpstreamError(Code.UPSTREAM_TIMEOUT, "The upstream did not answer in time.")
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__ or exc
-        return UpstreamError("upstream_unreachable", f"Could not reach the upstream: {cause}")
+        return UpstreamError(Code.UPSTREAM_UNREACHABLE, f"Could not reach the upstream: {cause}")
     if isinstance(exc, openai.RateLimitError):
         return UpstreamError(
-            "upstream_rate_limited", f"The upstream is rate limiting requests: {exc.message}"
+            Code.UPSTREAM_RATE_LIMITED, f"The upstream is rate limiting requests: {exc.message}"
         )
     if isinstance(exc, openai.APIStatusError):
         return UpstreamError(
-            "upstream_error", f"The upstream answered HTTP {exc.status_code}: {exc.message}"
+            Code.UPSTREAM_ERROR, f"The upstream answered HTTP {exc.status_code}: {exc.message}"
         )
     if isinstance(exc, openai.APIError):
-        return UpstreamError("upstream_error", f"The upstream reported an error: {exc.message}")
+        return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream reported an error: {exc.message}")
     log.warning("listing the upstream's models failed: %r", exc)
-    return UpstreamError("upstream_error", f"The upstream's model list failed: {exc}")
+    return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream's model list failed: {exc}")
