@@ -4,6 +4,10 @@ A streamed body is read straight from the socket: gevent's `recv` allocates its 
 data is there, so an idle stream holds no read buffer (http.client's buffered reader held 4 KiB
 per open stream while it waited), and upstream silence is watched by one greenlet per endpoint
 rather than by a timer started and stopped around every read. Must not know SSE, JSON or OpenAI.
+
+Over 300 lines because the connection pool, the silence watch and the response framing share
+one connection's state; issue 18 asks to re-check this framing against a well-kept HTTP/1.1
+parser (h11), which would shrink it.
 """
 
 from __future__ import annotations
