@@ -7,7 +7,8 @@ from typing import Any
 
 _COLUMNS = ("relay", "direct", "litellm", "ceiling", "floor")
 _TITLES = {"relay": "relay", "direct": "direct upstream", "litellm": "LiteLLM proxy",
-           "ceiling": "ceiling (gevent forwarder)", "floor": "floor (two steps, nothing kept)"}
+           "ceiling": "ceiling (gevent forwarder)", "floor": "floor (two steps, nothing kept)",
+           "relay_b": "relay_b (--compare)"}
 
 
 def _get(data: dict[str, Any], *path: str | int) -> Any:
