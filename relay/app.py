@@ -13,7 +13,6 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from . import sql
-from .application import RelayFlask
 from .broker import Broker
 from .config import default_instance_path, load_config
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
@@ -33,7 +32,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     instance_path = os.path.abspath(config["INSTANCE_PATH"] or default_instance_path())
     os.makedirs(instance_path, exist_ok=True)
 
-    app = RelayFlask(__name__, instance_path=instance_path, static_folder=None)
+    app = Flask(__name__, instance_path=instance_path, static_folder=None)
     app.json = _JSONProvider(app)
     app.config.update(config)
     app.config.update(
@@ -46,8 +45,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=timedelta(days=365),
     )
     app.session_interface = IdentityCookie()
-    # JSON columns (a ticket's request, usage) through orjson: the stdlib encoder was a tenth
-    # of POST /new.
+    # JSON columns (a ticket's request, usage) through orjson, as request bodies are.
     json_options = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {

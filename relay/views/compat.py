@@ -19,7 +19,6 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import events, generation, metrics, sse, streams, tickets
-from ..application import PreparedResponse
 from ..errors import ErrorCode, InternalError, error_response
 from ..identity import current_owner
 from ..models import TicketStatus
@@ -76,7 +75,7 @@ def chat_completions() -> Response:
     if error is not None:
         return _failure_response(error)
     stream = streams.event_stream(app, ticket.id, 0, settings, chunks.render)
-    return PreparedResponse(
+    return Response(
         stream, status=200, content_type="text/event-stream; charset=utf-8",
         headers=STREAM_HEADERS, direct_passthrough=True,
     )
@@ -155,7 +154,7 @@ def _whole_answer(ticket_id: str, owner: str, chunks: _Chunks) -> Response:
     if ticket.status == TicketStatus.RUNNING:
         raise InternalError("The end of the answer could not be stored.")
     text, _ = events.ticket_progress(ticket_id)
-    return PreparedResponse(
+    return Response(
         chunks.whole(text, ticket.finish_reason, ticket.usage), 200,
         content_type="application/json",
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 from flask import Blueprint, Flask, Response, current_app, request
 
 from .. import generation, sse, tickets
-from ..application import PreparedResponse
 from ..errors import ErrorCode, InvalidRequest
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
@@ -49,7 +48,7 @@ def stream(ticket_id: str) -> Response:
     body = event_stream(app, ticket_id, last_seen, relay_state(app).stream_settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
-    return PreparedResponse(
+    return Response(
         body, status=200, content_type="text/event-stream; charset=utf-8", headers=STREAM_HEADERS,
         direct_passthrough=True,
     )

@@ -172,8 +172,7 @@ def test_a_rename_is_read_whole_under_the_limit_and_refused_over_it(
 
 
 def test_responses_carry_the_current_date(client: httpx.Client) -> None:
-    # The worker formats its Date header once a second (gunicorn.conf.py's _http_date); over
-    # more than two seconds, a value kept too long would be two seconds old.
+    # Over more than two seconds: a Date value kept too long would be two seconds old.
     for _ in range(4):
         sent = client.get("/healthz").headers["Date"]
         age = time.time() - email.utils.parsedate_to_datetime(sent).timestamp()
