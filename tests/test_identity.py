@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
+
+from relay import identity
 
 COOKIE = "relay_session"
 
@@ -55,3 +60,29 @@ def test_only_the_exact_signature_passes(client: FlaskClient) -> None:
     client.set_cookie(COOKIE, cookie.value)
     client.set_cookie("theme", "dark")  # another cookie in the same header
     assert conversations(client) == [created["conversation_id"]]
+
+
+def test_a_verified_cookie_is_trusted_for_at_most_the_rest_of_its_second(
+    client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = client.post("/new", json={"prompt": "mine"}).get_json()
+    now = [1000.2]
+    monkeypatch.setattr(identity.time, "monotonic", lambda: now[0])
+    verified: list[str] = []
+    real_signer = identity._signer
+
+    def counting_signer(app: Flask) -> Any:
+        signer = real_signer(app)
+        unsign = signer.unsign
+        signer.unsign = lambda value: verified.append(value) or unsign(value)  # type: ignore
+        return signer
+
+    monkeypatch.setattr(identity, "_signer", counting_signer)
+    assert conversations(client) == [created["conversation_id"]]
+    assert len(verified) == 1
+    now[0] = 1000.9  # the same second: the header is not verified again
+    assert conversations(client) == [created["conversation_id"]]
+    assert len(verified) == 1
+    now[0] = 1001.0  # the next second: verified again, so a revocation takes at most a second
+    assert conversations(client) == [created["conversation_id"]]
+    assert len(verified) == 2
