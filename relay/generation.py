@@ -258,5 +258,5 @@ class Producer:
         self.log.has_done = True
 
 
-def _failed(code: str, message: str) -> Outcome:
+def _failed(code: ErrorCode, message: str) -> Outcome:
     return Outcome(TicketStatus.FAILED, "error", error={"code": code, "message": message})
