@@ -109,6 +109,12 @@ def last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
     return int(tx.execute(_LAST_STORED_SEQ, (ticket_id,)).fetchone()[0])
 
 
+def committed_count(ticket_id: str) -> int:
+    """The id of the ticket's newest stored event (0 before the first), in its own read."""
+    with sql.Transaction(db.engine) as tx:
+        return last_stored_seq(tx, ticket_id)
+
+
 def stored_text(tx: sql.Transaction, ticket_id: str) -> str:
     """The answer text of the ticket's stored deltas."""
     rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()

@@ -118,6 +118,16 @@ def stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[byte
     return frames, bool(stored) and stored[-1][1] == "done"
 
 
+def committed_events(app: Flask, ticket_id: str) -> int:
+    """How many events of an unfinished ticket are committed: its LiveLog's count when this
+    worker generates it, else the database's."""
+    live = generation.live_log(ticket_id)
+    if live is not None:
+        return live.visible
+    with app.app_context():
+        return events.committed_count(ticket_id)
+
+
 def reap_if_expired(app: Flask, ticket: tickets.TicketState | None, ticket_id: str) -> bool:
     """Fail a running ticket whose worker died (its lease expired) and wake its readers."""
     if (ticket is None or ticket.status != TicketStatus.RUNNING
