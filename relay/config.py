@@ -95,6 +95,15 @@ SETTINGS: tuple[Setting, ...] = (
             "on, so the answer is stored and can be resumed later."),
     Setting("RELAY_DISCONNECT_GRACE_SECONDS", "DISCONNECT_GRACE_SECONDS", 10.0, float,
             "With `RELAY_CANCEL_ON_DISCONNECT`, how long to wait for a reader to reconnect."),
+    Setting("RELAY_CLIENT_READ_TIMEOUT_SECONDS", "CLIENT_READ_TIMEOUT_SECONDS", 30.0,
+            _positive(float),
+            "Longest wait for the next bytes of a request body: a client slower than this gets "
+            "`408` `request_timeout` and its connection is closed. (A request head must arrive "
+            "within gunicorn's `keepalive`, 5 s.)"),
+    Setting("RELAY_CLIENT_WRITE_TIMEOUT_SECONDS", "CLIENT_WRITE_TIMEOUT_SECONDS", 60.0,
+            _positive(float),
+            "Longest one write to a client may take (a response, or a batch of a stream's "
+            "events): a client that stops reading is dropped then, as if it had disconnected."),
     Setting("RELAY_LEASE_SECONDS", "LEASE_SECONDS", 15.0, _positive(float),
             "A generating worker renews its claim on a ticket every third of this; a claim not "
             "renewed for this long (its worker died) fails the ticket with `worker_lost`."),

@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     INVALID_LAST_EVENT_ID = "invalid_last_event_id"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     PROMPT_TOO_LARGE = "prompt_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
@@ -146,6 +147,14 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
         return response
+
+    @app.errorhandler(TimeoutError)
+    def _client_too_slow(exc: TimeoutError) -> Response:
+        # The client's socket, reading the request body (relay.server.ClientTimeouts); gunicorn
+        # closes the connection after this answer, as the body was left unfinished.
+        log.info("a request body did not arrive in time: %s %s", request.method, request.path)
+        return error_response(408, ErrorCode.REQUEST_TIMEOUT,
+                              "The request body did not arrive in time.")
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:

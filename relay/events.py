@@ -95,18 +95,34 @@ def insert_events(tx: sql.Transaction, rows: list[EventRow]) -> None:
 
 def events_after(ticket_id: str, after_seq: int) -> list[StoredEvent]:
     """Stored events with seq > after_seq, in order."""
+    return events_page(ticket_id, after_seq, None)[0]
+
+
+def events_page(
+    ticket_id: str, after_seq: int, max_rows: int | None
+) -> tuple[list[StoredEvent], bool]:
+    """Stored events with seq > after_seq, in order, from at most `max_rows` rows (each up to
+    MAX_RUN events); and whether that limit was reached (more rows may follow)."""
+    query = (
+        select(_events.c.seq, _events.c.kind, _events.c.data)
+        .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
+        .order_by(_events.c.seq)
+    )
     with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(_events.c.seq, _events.c.kind, _events.c.data)
-            .where(_events.c.ticket_id == ticket_id, _events.c.seq > after_seq)
-            .order_by(_events.c.seq)
-        ).all()
-    return events_of_rows([(row[0], row[1], row[2]) for row in rows], after_seq)
+        rows = conn.execute(query if max_rows is None else query.limit(max_rows)).all()
+    full = max_rows is not None and len(rows) == max_rows
+    return events_of_rows([(row[0], row[1], row[2]) for row in rows], after_seq), full
 
 
 def last_stored_seq(tx: sql.Transaction, ticket_id: str) -> int:
     """The id of the ticket's newest stored event (0 before the first)."""
     return int(tx.execute(_LAST_STORED_SEQ, (ticket_id,)).fetchone()[0])
+
+
+def committed_count(ticket_id: str) -> int:
+    """The id of the ticket's newest stored event (0 before the first), in its own read."""
+    with sql.Transaction(db.engine) as tx:
+        return last_stored_seq(tx, ticket_id)
 
 
 def stored_text(tx: sql.Transaction, ticket_id: str) -> str:

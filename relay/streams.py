@@ -27,6 +27,9 @@ from .models import FINISHED_STATUSES, TicketStatus
 from .state import relay_state
 
 _local_readers: Counter[str] = Counter()  # this worker's open readers, per ticket
+# Stored rows (each up to events.MAX_RUN events) a reader reads and sends at a time: what one
+# reader of a long finished answer holds stays bounded, however long the answer.
+REPLAY_PAGE_ROWS = 4
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,21 @@ def event_stream(
             # Kept once seen: a finished log still holds its committed `done`.
             live = generation.live_log(ticket_id) or live
             from_memory = live.read_after(last_seen) if live is not None else None
-            if from_memory is None:
+            more = False
+            if from_memory is not None:
+                frames, done = from_memory
+            else:
                 # Not generated here, or this reader is behind what the LiveLog keeps.
                 live = None
-                from_memory = stored_frames(app, ticket_id, last_seen)
-            frames, done = from_memory
+                frames, done, more = stored_frames(app, ticket_id, last_seen)
             if frames:
                 yield render(frames)
                 last_seen += len(frames)
                 last_write = time.monotonic()
                 if done:
                     return
+                if more:
+                    continue
             elif time.monotonic() - last_write >= settings.heartbeat:
                 yield sse.PING
                 last_write = time.monotonic()
@@ -107,15 +114,30 @@ def event_stream(
         _reader_left(app, ticket_id, settings)
 
 
-def stored_frames(app: Flask, ticket_id: str, last_seen: int) -> tuple[list[bytes], bool]:
-    """Encoded events after `last_seen` from the database, and whether they end with `done`."""
+def stored_frames(
+    app: Flask, ticket_id: str, last_seen: int
+) -> tuple[list[bytes], bool, bool]:
+    """One page of encoded events after `last_seen` from the database: the frames, whether
+    they end with `done`, and whether more may follow at once (the page was full)."""
     with app.app_context():
-        stored = events.events_after(ticket_id, last_seen)
+        stored, full = events.events_page(ticket_id, last_seen, REPLAY_PAGE_ROWS)
     frames = [
-        sse.encode(data, id=seq, event="done" if kind == "done" else None)
+        sse.encode(data, id=seq, event="done") if kind == "done"
+        else sse.encode_json(data.encode(), id=seq)  # JSON text: no line break to split on
         for seq, kind, data in stored
     ]
-    return frames, bool(stored) and stored[-1][1] == "done"
+    done = bool(stored) and stored[-1][1] == "done"
+    return frames, done, full and not done
+
+
+def committed_events(app: Flask, ticket_id: str) -> int:
+    """How many events of an unfinished ticket are committed: its LiveLog's count when this
+    worker generates it, else the database's."""
+    live = generation.live_log(ticket_id)
+    if live is not None:
+        return live.visible
+    with app.app_context():
+        return events.committed_count(ticket_id)
 
 
 def reap_if_expired(app: Flask, ticket: tickets.TicketState | None, ticket_id: str) -> bool:
@@ -152,7 +174,7 @@ def failure_before_first_token(app: Flask, ticket_id: str) -> dict[str, str] | N
     live = generation.live_log(ticket_id)
     committed = live.read_after(0) if live is not None else None
     if committed is None:
-        committed = stored_frames(app, ticket_id, 0)
+        committed = stored_frames(app, ticket_id, 0)[:2]
     frames, done = committed
     if not (done and len(frames) == 1):
         return None

@@ -10,7 +10,7 @@ from ..errors import ErrorCode, InvalidRequest
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
 from ..state import relay_state
-from ..streams import event_stream
+from ..streams import committed_events, event_stream
 
 bp = Blueprint("stream", __name__)
 
@@ -35,8 +35,9 @@ def stream(ticket_id: str) -> Response:
         raise InvalidRequest(str(exc), code=ErrorCode.INVALID_LAST_EVENT_ID) from exc
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     # The first reader claims with one statement; everyone else reads the row. A HEAD (which
-    # Flask answers with this view) gets the GET's status and headers without starting a call.
-    if environ["REQUEST_METHOD"] == "HEAD" or not generation.claim_and_start(
+    # Flask answers with this view) gets the GET's status and headers without starting a call,
+    # and a resume never starts one: a ticket with an event to resume from has started.
+    if environ["REQUEST_METHOD"] == "HEAD" or last_seen > 0 or not generation.claim_and_start(
         app, ticket_id, owner
     ):
         ticket = tickets.load_ticket(ticket_id, owner)
@@ -45,6 +46,13 @@ def stream(ticket_id: str) -> Response:
                 return Response(status=204)
             # An id past `done` was never sent by relay; answer `done`, not an endless stream.
             last_seen = min(last_seen, ticket.last_seq - 1)
+        elif last_seen > committed_events(app, ticket_id):
+            # Never sent by relay (readers only get committed events), and no event or `done`
+            # can be its successor yet.
+            raise InvalidRequest(
+                f"Last-Event-ID {last_seen} is past the last event of this ticket so far.",
+                code=ErrorCode.INVALID_LAST_EVENT_ID,
+            )
     body = event_stream(app, ticket_id, last_seen, relay_state(app).stream_settings)
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
