@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import closing
@@ -50,7 +51,28 @@ def test_kill_9_of_the_whole_server_mid_stream_loses_nothing_answered(
         for thread in readers:
             thread.join(timeout=30)
     assert all(len(seen[t["id"]]) == 5 for t in streaming), seen
+    # Tickets keep being posted while the server dies: each one answered 201 must survive.
+    posted: list[dict[str, Any]] = []
+    stop_posting = threading.Event()
+
+    def post_until_killed() -> None:
+        with httpx.Client(base_url=relay.url, timeout=5, cookies=cookies) as poster:
+            while not stop_posting.is_set():
+                try:
+                    response = poster.post("/new", json={"prompt": f"{tag} during"})
+                except httpx.TransportError:
+                    return
+                if response.status_code == 201:
+                    posted.append(response.json())
+
+    poster = threading.Thread(target=post_until_killed)
+    poster.start()
+    while len(posted) < 20 and poster.is_alive():
+        time.sleep(0.01)
     relay.kill()  # every process of the server at once, mid-stream
+    stop_posting.set()
+    poster.join(timeout=30)
+    assert len(posted) >= 20
 
     with closing(sqlite3.connect(instance / "relay.db")) as store:
         assert store.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -68,7 +90,7 @@ def test_kill_9_of_the_whole_server_mid_stream_loses_nothing_answered(
             shown = http.get(f"/tickets/{ticket['id']}").json()
             assert shown["status"] == "failed", shown
         assert read_stream(http, finished["stream_url"]) == finished_events
-        for ticket in waiting:
+        for ticket in waiting + posted:
             assert http.get(f"/tickets/{ticket['id']}").json()["status"] == "pending"
         # A waiting ticket still streams its answer after the crash.
         assert text_of(read_stream(http, waiting[0]["stream_url"])) == f"{tag} waiting 0"
