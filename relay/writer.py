@@ -102,7 +102,8 @@ class BatchWriter:
         """Commit a producer's pending chunks now (with every other producer's); the lease
         renewal and cancel poll wait for the loop's next flush, off the first token's path."""
         self._dirty.add(ticket_id)
-        if self._failing_since is not None:  # the writer's loop retries when due
+        if self._failing_since is not None and time.monotonic() < self._retry_at:
+            # The store refused the last write: the writer's loop retries when due.
             self._wake.set()
             return
         try:

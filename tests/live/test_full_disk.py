@@ -127,6 +127,9 @@ def test_a_full_disk_refuses_clearly_loses_nothing_and_recovers(
             assert stored[-1][0] == seen[-1][0] and stored[-1][2]["status"] == "failed"
         log = relay.log()
         assert "Traceback" not in log, log[-3000:]
+        # One line when writes start failing, one when they work again: not one per retry.
+        refusals = log.count("the store refuses writes")
+        assert 1 <= refusals <= log.count("the store takes writes again") + 1, log[-3000:]
     finally:
         relay.stop()
     with closing(sqlite3.connect(database)) as store:
