@@ -62,7 +62,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     with app.app_context():
         engine = db.engine
     if engine.dialect.name == "sqlite":
-        tune_sqlite(engine)
+        tune_sqlite(engine, config["SQLITE_SYNCHRONOUS"])
         sql.keep_sqlite_connections(engine)
     app.extensions["relay"] = RelayState(
         config=config, embedded_store=not config["DATABASE_URL"],

@@ -2,7 +2,10 @@
 SQLite connection tuning.
 
 Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL
-with synchronous=NORMAL and a short busy timeout, and callers keep transactions tiny. In a gevent
+and a short busy timeout, and callers keep transactions tiny. `synchronous` is a setting: FULL
+(the default) syncs the WAL at every commit, so what was answered survives an OS crash; NORMAL
+syncs only at checkpoints. `storage_failure` tells a store that refuses writes (a full disk, an
+I/O error, a locked or unreachable database) from a bug. In a gevent
 worker the WAL is checkpointed every second, mostly by a native thread from gevent's pool: a
 checkpoint copies megabytes into the database file, and SQLite's automatic one would do it inside
 whichever commit crossed the threshold, stalling every stream of the worker.
@@ -23,9 +26,11 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
+
+from .errors import ErrorCode
 
 
 class Base(DeclarativeBase):
@@ -50,15 +55,17 @@ FALLBACK_AUTOCHECKPOINT_PAGES = 50_000
 _checkpointers: dict[int, gevent.Greenlet] = {}
 
 
-def tune_sqlite(engine: Engine) -> None:
-    """Make every new SQLite connection use WAL, synchronous=NORMAL and a busy timeout."""
+def tune_sqlite(engine: Engine, synchronous: str = "full") -> None:
+    """Make every new SQLite connection use WAL, `synchronous` (full or normal) and a busy
+    timeout."""
     path = engine.url.database
+    synchronous = {"full": "FULL", "normal": "NORMAL"}[synchronous]
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         if path and path != ":memory:" and gevent.monkey.is_module_patched("socket"):
@@ -76,6 +83,7 @@ def _start_checkpointer(path: str) -> None:
 
 def _checkpoint_forever(path: str) -> None:
     threadpool = gevent.get_hub().threadpool
+    failing = False
     while True:
         gevent.sleep(CHECKPOINT_SECONDS)
         try:
@@ -84,7 +92,9 @@ def _checkpoint_forever(path: str) -> None:
             # worker's own 30-60 ms of copying and syncing, which set POST /new's p99).
             for _ in range(MAX_THREAD_PASSES):
                 started = time.monotonic()
-                threadpool.apply(_checkpoint, (path,))
+                error = threadpool.apply(_checkpoint_in_thread, (path,))
+                if error is not None:
+                    raise error
                 if time.monotonic() - started < SHORT_PASS_SECONDS:
                     break
             # Then, here, the few pages committed during that last pass: SQLite starts the WAL
@@ -92,7 +102,22 @@ def _checkpoint_forever(path: str) -> None:
             # leaves under load.
             _checkpoint(path)
         except Exception as exc:  # the next second tries again; the fallback still bounds the WAL
-            log.warning("WAL checkpoint failed: %s", exc)
+            if not failing:  # once, not every second while the disk stays full
+                log.warning("WAL checkpoints fail: %s", str(exc).splitlines()[0][:200])
+            failing = True
+        else:
+            if failing:
+                log.warning("WAL checkpoints work again")
+            failing = False
+
+
+def _checkpoint_in_thread(path: str) -> sqlite3.Error | None:
+    """`_checkpoint`, its error returned: gevent prints a traceback for any a thread raises."""
+    try:
+        _checkpoint(path)
+    except sqlite3.Error as exc:
+        return exc
+    return None
 
 
 def _checkpoint(path: str) -> None:
@@ -103,6 +128,34 @@ def _checkpoint(path: str) -> None:
         connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
     finally:
         connection.close()
+
+
+# SQLite's primary result codes of a store that cannot take a write now (not of a bad statement).
+_SQLITE_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB,
+})
+_PG_DISK_FULL = "53100"  # disk_full; class 08 is a lost connection, 53 insufficient resources
+
+
+def storage_failure(error: BaseException) -> ErrorCode | None:
+    """STORAGE_FULL when `error` is the store refusing a write for want of space,
+    DATABASE_UNAVAILABLE when it cannot be used now (I/O error, locked, unreachable), else None
+    (a bug, not the store's state)."""
+    cause = error.orig if isinstance(error, exc.DBAPIError) else error
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        if code & 0xFF == sqlite3.SQLITE_FULL:
+            return ErrorCode.STORAGE_FULL
+        return ErrorCode.DATABASE_UNAVAILABLE if code & 0xFF in _SQLITE_UNAVAILABLE else None
+    sqlstate = getattr(cause, "sqlstate", None) or ""
+    if sqlstate == _PG_DISK_FULL:
+        return ErrorCode.STORAGE_FULL
+    if sqlstate.startswith(("08", "53", "57P")) or (
+        isinstance(error, exc.OperationalError) and not sqlstate
+    ):
+        return ErrorCode.DATABASE_UNAVAILABLE
+    return None
 
 
 class SchemaBehind(RuntimeError):

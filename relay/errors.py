@@ -43,6 +43,7 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internal_error"
     DATABASE_UNAVAILABLE = "database_unavailable"
     DATABASE_NOT_MIGRATED = "database_not_migrated"
+    STORAGE_FULL = "storage_full"  # the store's disk is full: nothing new can be stored
     # How a generation can fail (`done`'s error).
     UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
     UPSTREAM_ERROR = "upstream_error"
@@ -117,6 +118,12 @@ _HTTP_CODES = {
 }
 
 
+_STORE_MESSAGES = {
+    ErrorCode.STORAGE_FULL: "The relay's storage is full; try again later.",
+    ErrorCode.DATABASE_UNAVAILABLE: "The database is unavailable; try again later.",
+}
+
+
 def error_response(status: int, code: ErrorCode, message: str, type: str | None = None) -> Response:
     """Build the contract's JSON error response; under `/v1/` with OpenAI's `type` as well
     (`type`, else by the status), which its SDKs expose."""
@@ -158,5 +165,14 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _crash(exc: Exception) -> Response:
+        from .db import storage_failure  # db imports this module
+
+        failure = storage_failure(exc)
+        if failure is not None:  # the store's state, not a bug: one line, no traceback
+            log.warning("request refused, the store failed: %s",
+                        str(getattr(exc, "orig", exc)).splitlines()[0][:200])
+            response = error_response(503, failure, _STORE_MESSAGES[failure])
+            response.headers["Retry-After"] = "5"
+            return response
         log.exception("unhandled error: %s", exc)
         return error_response(500, ErrorCode.INTERNAL_ERROR, "The relay hit an internal error.")

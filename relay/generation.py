@@ -20,6 +20,7 @@ from flask import Flask, current_app
 
 from . import metrics, sse, tickets
 from .broker import Broker
+from .db import storage_failure
 from .errors import ErrorCode
 from .events import Outcome, StoredEvent
 from .livelog import LiveLog
@@ -27,7 +28,7 @@ from .models import TicketStatus
 from .state import relay_state
 from .tickets import Verdict, worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
-from .writer import BatchWriter
+from .writer import STORE_FAILED, BatchWriter
 
 log = logging.getLogger("relay.generation")
 
@@ -208,6 +209,8 @@ class Producer:
                 return Verdict.LOST
             if stop.reason == Verdict.CANCELLED:
                 return tickets.CANCELLED
+            if stop.reason == STORE_FAILED:
+                return _failed(ErrorCode.STORAGE_FULL, "The answer could not be stored.")
             return _failed(ErrorCode.SERVER_SHUTDOWN,
                            f"The relay stopped generating ({stop.reason}).")
         except UpstreamError as exc:
@@ -244,8 +247,12 @@ class Producer:
                     self.ticket_id, worker_id(), outcome, self.take_pending(),
                     "".join(self.text_parts), done_seq,
                 )
-        except Exception:
-            log.exception("could not store the end of ticket %s", self.ticket_id)
+        except Exception as exc:
+            failure = storage_failure(exc)
+            if failure is None:
+                log.exception("could not store the end of ticket %s", self.ticket_id)
+            else:
+                self._end_unstored(failure)
             return
         if not written:
             log.warning("ticket %s was already finished elsewhere", self.ticket_id)
@@ -256,6 +263,19 @@ class Producer:
         self.log.append(sse.encode(outcome.done_payload(), event="done", id=done_seq))
         self.log.commit(done_seq)
         self.log.has_done = True
+
+    def _end_unstored(self, code: ErrorCode) -> None:
+        """The store refused the end: this worker's readers get a failed `done` after the last
+        committed event, which is where the reaper puts `worker_lost` once the store takes
+        writes again (the ticket's lease is no longer renewed)."""
+        log.warning("ticket %s: its end could not be stored (%s); its readers here end it",
+                    self.ticket_id, code)
+        live = self.log
+        del live.frames[live.visible - live.dropped :]  # never committed, never sent
+        done = _failed(code, "The answer could not be stored.")
+        live.append(sse.encode(done.done_payload(), event="done", id=live.visible + 1))
+        live.commit(live.visible + 1)
+        live.has_done = True
 
 
 def _failed(code: ErrorCode, message: str) -> Outcome:

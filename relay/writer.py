@@ -8,6 +8,11 @@ reaper stops its producer) and renews them all with one UPDATE. Only after the c
 chunks visible to readers. A producer flushes its stream's first chunk itself, at once, and any
 chunk after FLUSH_MS without a commit is committed at once. Finishing a ticket takes the same
 lock, so its `done` is never committed ahead of its last chunks.
+
+When the store refuses writes (a full disk, an I/O error), the chunks stay pending and the
+writer retries with a growing pause, logging once when writes start failing and once when they
+work again. A producer's chunks wait at most STALL_SECONDS (or MAX_PENDING chunks): then it is
+stopped with STORE_FAILED, which ends its ticket failed, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -23,17 +28,27 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from . import events, sql, tickets
+from .db import storage_failure
 from .events import StoredEvent
 from .state import relay_state
 from .tickets import Verdict, worker_id
 
 log = logging.getLogger("relay.writer")
 
+# The reason a producer is stopped with when its chunks could not be stored.
+STORE_FAILED = "store_failed"
+# How long a producer's chunks may wait for a store that refuses writes, and how many.
+STALL_SECONDS = 5.0
+MAX_PENDING = 2000
+MAX_RETRY_SECONDS = 1.0
+
 
 class Producer(Protocol):
     """What the writer asks of a ticket's producer (`generation.Producer`)."""
 
     ticket_id: str
+
+    pending: list[StoredEvent]
 
     def take_pending(self) -> list[StoredEvent]: ...
 
@@ -64,6 +79,9 @@ class BatchWriter:
         self._loop: gevent.Greenlet | None = None
         self._renew_at = 0.0
         self._poll_at = 0.0
+        self._failing_since: float | None = None  # when the store started refusing writes
+        self._retry_at = 0.0
+        self._pause = self.flush_seconds
 
     def register(self, producer: Producer) -> None:
         self._producers[producer.ticket_id] = producer
@@ -84,10 +102,14 @@ class BatchWriter:
         """Commit a producer's pending chunks now (with every other producer's); the lease
         renewal and cancel poll wait for the loop's next flush, off the first token's path."""
         self._dirty.add(ticket_id)
+        if self._failing_since is not None and time.monotonic() < self._retry_at:
+            # The store refused the last write: the writer's loop retries when due.
+            self._wake.set()
+            return
         try:
             self.flush(maintenance=False)
-        except Exception:  # the chunks stay pending; the writer's loop retries them
-            log.exception("committing a first chunk failed; retrying at the next flush")
+        except Exception as exc:  # the chunks stay pending; the writer's loop retries them
+            self._write_failed(exc)
             self._wake.set()
 
     def _run(self) -> None:
@@ -99,16 +121,44 @@ class BatchWriter:
                 # Ends at a wake that finds no producer, not when the last one goes: a worker
                 # serving one stream after another keeps one loop, not one started per stream.
                 break
-            deadline = last_flush + self.flush_seconds
-            if self._dirty and time.monotonic() < deadline:
+            deadline = max(last_flush + self.flush_seconds, self._retry_at)
+            if (self._dirty or self._failing_since is not None) and time.monotonic() < deadline:
                 gevent.sleep(deadline - time.monotonic())
             if self._dirty:
                 last_flush = time.monotonic()
             try:
                 self.flush()
-            except Exception:
-                log.exception("batch write failed; retrying at the next flush")
+            except Exception as exc:
+                self._write_failed(exc)
         self._loop = None
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Pause before the next try, twice as long each time; log a failure of the store once
+        (a bug every time); stop the producers whose chunks waited too long."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+            self._pause = self.flush_seconds
+        else:
+            self._pause = min(self._pause * 2, MAX_RETRY_SECONDS)
+        self._retry_at = now + self._pause
+        self._wake.set()  # the loop retries even if no chunk arrives
+        if storage_failure(exc) is None:
+            log.exception("batch write failed; retrying in %.2fs", self._pause)
+        elif now == self._failing_since:
+            log.warning("the store refuses writes (%s): chunks wait, retrying",
+                        str(getattr(exc, "orig", exc)).splitlines()[0][:200])
+        for producer in list(self._producers.values()):
+            if producer.pending and (now - self._failing_since >= STALL_SECONDS
+                                     or len(producer.pending) >= MAX_PENDING):
+                producer.stop(STORE_FAILED)
+
+    def _write_worked(self) -> None:
+        if self._failing_since is not None:
+            log.warning("the store takes writes again after %.1fs",
+                        time.monotonic() - self._failing_since)
+            self._failing_since = None
+            self._retry_at = 0.0
 
     def flush(self, maintenance: bool = True) -> None:
         """Commit every pending chunk; with `maintenance`, renew the leases and poll the cancel
@@ -133,6 +183,7 @@ class BatchWriter:
                 for tid, rows in batch.items():
                     self._give_back(tid, rows)
                 raise
+            self._write_worked()
             if renew:
                 self._renew_at = now + self.lease_seconds / 3
             if poll:
