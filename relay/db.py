@@ -3,8 +3,9 @@ SQLite connection tuning.
 
 Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL
 and a short busy timeout, and callers keep transactions tiny. `synchronous` is a setting: FULL
-(the default) syncs the WAL at every commit, so what was answered survives an OS crash; NORMAL
-syncs only at checkpoints. `storage_failure` tells a store that refuses writes (a full disk, an
+(the default) syncs the WAL at every commit but the writer's chunk commits (`sql.Transaction`'s
+`synced=False`), so answered tickets and finished answers survive an OS crash; NORMAL syncs
+only at checkpoints. `storage_failure` tells a store that refuses writes (a full disk, an
 I/O error, a locked or unreachable database) from a bug. In a gevent
 worker the WAL is checkpointed every second, mostly by a native thread from gevent's pool: a
 checkpoint copies megabytes into the database file, and SQLite's automatic one would do it inside

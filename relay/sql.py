@@ -24,15 +24,21 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 _MAX_IDLE = 8
+_FULL = 2  # PRAGMA synchronous's value for FULL
 _idle: weakref.WeakKeyDictionary[Engine, list[Any]] = weakref.WeakKeyDictionary()
 
 
 class Transaction:
-    """`with Transaction(engine) as tx:` commits when the block ends, rolls back on an error."""
+    """`with Transaction(engine) as tx:` commits when the block ends, rolls back on an error.
 
-    __slots__ = ("_connection", "_cursor", "_paramstyle", "_idle")
+    `synced=False` (the writer's chunks): on SQLite with `synchronous=FULL` this commit is made
+    with NORMAL, so it waits for no fsync; the next synced commit (a ticket created or ended)
+    syncs the WAL with it. An OS crash can then lose only chunks of an answer still running.
+    """
 
-    def __init__(self, engine: Engine) -> None:
+    __slots__ = ("_connection", "_cursor", "_paramstyle", "_idle", "_resync")
+
+    def __init__(self, engine: Engine, synced: bool = True) -> None:
         self._idle = _idle.get(engine) if engine.dialect.name == "sqlite" else None
         if self._idle is None:
             self._connection = engine.raw_connection()  # back to the pool on close
@@ -42,6 +48,11 @@ class Transaction:
             self._connection = _detached(engine)
         self._cursor = self._connection.cursor()
         self._paramstyle = engine.dialect.paramstyle
+        self._resync = False
+        if not synced and engine.dialect.name == "sqlite":
+            self._resync = self._cursor.execute("PRAGMA synchronous").fetchone()[0] == _FULL
+            if self._resync:
+                self._cursor.execute("PRAGMA synchronous=NORMAL")
 
     def __enter__(self) -> Transaction:
         return self
@@ -54,9 +65,11 @@ class Transaction:
         try:
             if exc_type is None:
                 self._connection.commit()
-                kept = self._idle is not None and len(self._idle) < _MAX_IDLE
             else:
                 self._connection.rollback()
+            if self._resync:
+                self._cursor.execute("PRAGMA synchronous=FULL")
+            kept = exc_type is None and self._idle is not None and len(self._idle) < _MAX_IDLE
         finally:
             if kept:
                 self._idle.append(self._connection)  # type: ignore[union-attr]

@@ -39,6 +39,19 @@ def test_commits_survive_an_os_crash_by_default(app: Flask) -> None:
     assert _synchronous(app) == (FULL, FULL)
 
 
+def test_the_writers_chunks_wait_for_no_fsync_and_the_connection_syncs_again(app: Flask) -> None:
+    # The writer's chunk commits are NORMAL; a ticket's creation and end stay FULL (which syncs
+    # the WAL, chunks included), and the kept connection is FULL again for the next caller.
+    with app.app_context():
+        with sql.Transaction(db.engine, synced=False) as tx:
+            assert tx.execute("PRAGMA synchronous").fetchone()[0] == NORMAL
+        with pytest.raises(ZeroDivisionError), sql.Transaction(db.engine, synced=False):
+            1 / 0
+        for _ in range(3):  # every kept connection
+            with sql.Transaction(db.engine) as tx:
+                assert tx.execute("PRAGMA synchronous").fetchone()[0] == FULL
+
+
 def test_normal_synchronous_is_a_setting(tmp_path: Path, migrated_store: Path) -> None:
     (tmp_path / "relay.db").write_bytes(migrated_store.read_bytes())
     app = create_app({"INSTANCE_PATH": str(tmp_path), "SQLITE_SYNCHRONOUS": "normal"})
