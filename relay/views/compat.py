@@ -34,6 +34,7 @@ _FAILURE_STATUS = {
     ErrorCode.UPSTREAM_RATE_LIMITED: 429,
     ErrorCode.UPSTREAM_TIMEOUT: 504,
     ErrorCode.SERVER_SHUTDOWN: 503,
+    ErrorCode.STORAGE_FULL: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 _DONE_FRAME = b"data: [DONE]\n\n"
