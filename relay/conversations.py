@@ -97,7 +97,7 @@ def store_turn(tx: sql.Transaction, turn: Turn, now: float) -> None:
             raise InvalidRequest("There is no user message to regenerate an answer for.")
         tx.execute(_DROP_AFTER, (turn.conversation_id, last[1]))
         return
-    first = _last_position(tx, turn.conversation_id) + 1
+    first = 0 if turn.is_new else _last_position(tx, turn.conversation_id) + 1
     tx.executemany(_INSERT_MESSAGE, [
         (turn.conversation_id, first + offset, m["role"], m["content"], None, None, now)
         for offset, m in enumerate(turn.added)
@@ -115,7 +115,7 @@ def store_answer(
 
 
 def upstream_request(
-    conversation_id: str | None, options: dict[str, Any], cap: int
+    tx: sql.Transaction, conversation_id: str | None, options: dict[str, Any], cap: int
 ) -> dict[str, Any]:
     """What a ticket with these stored options sends upstream: at most `cap` messages, the
     system message (the ticket's, else its conversation's first message if it is one), then the
@@ -124,8 +124,10 @@ def upstream_request(
     if conversation_id is None:
         history = options.get("messages", [])
     else:
-        with sql.Transaction(db.engine) as tx:
-            newest = tx.execute(_NEWEST_SENT, (conversation_id, cap)).fetchall()[::-1]
+        newest = tx.execute(_NEWEST_SENT, (conversation_id, cap)).fetchall()[::-1]
+        if len(newest) < cap:  # the whole conversation
+            first = newest[0] if newest else None
+        else:
             first = tx.execute(_FIRST_SENT, (conversation_id,)).fetchone()
         if system is None and first is not None and first[1] == "system":
             system = first[2]

@@ -229,16 +229,15 @@ def claiming(
 
 
 def _request_if_pending(ticket_id: str, owner: str) -> dict[str, Any] | None:
+    """What the ticket sends upstream, read in a transaction of its own (it writes nothing);
+    None unless it is `owner`'s and pending."""
     with sql.Transaction(db.engine) as tx:
         row = tx.execute(_PENDING_CONVERSATION, (ticket_id, owner)).fetchone()
-        if row is None:
+        stored = None if row is None else tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()
+        if stored is None:  # not a pending ticket of `owner` (or deleted meanwhile)
             return None
-        stored = tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()
-    if stored is None:  # deleted meanwhile
-        return None
-    return conversations.upstream_request(
-        row[0], sql.json_value(stored[0]), current_app.config["MAX_HISTORY_MESSAGES"]
-    )
+        cap = current_app.config["MAX_HISTORY_MESSAGES"]
+        return conversations.upstream_request(tx, row[0], sql.json_value(stored[0]), cap)
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
