@@ -3,8 +3,11 @@
 Must not use `request` or `g`. The statements on the hot paths (create, claim, leases, finish)
 are plain SQL in short `sql.Transaction`s (sql.py says why); reads go through SQLAlchemy Core.
 Read-then-write paths start with their write (claim, finish), so SQLite takes the write lock
-first and never has to upgrade a read snapshot. `status = 'running'` is written out in the
-statements so that the planner can use the partial index of running claims.
+first and never has to upgrade a read snapshot; a claim reads its upstream request before, in
+a transaction of its own. `status = 'running'` is written out in the statements so that the
+planner can use the partial index of running claims. Over 300 lines: every write of a ticket's
+status is here, where the rules they share (one unfinished ticket per conversation, who may
+write `done`) can be read together.
 """
 
 from __future__ import annotations
