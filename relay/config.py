@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
             _positive(float), "Time allowed to connect to the upstream."),
     Setting("RELAY_MAX_PROMPT_BYTES", "MAX_PROMPT_BYTES", 4 * 1024 * 1024, _positive(int),
             "Largest accepted `POST /new` request body, in bytes (larger: `413`)."),
+    Setting("RELAY_MAX_MESSAGES", "MAX_MESSAGES", 1000, _positive(int),
+            "Most messages one request may hold (`messages` of `POST /new` or "
+            "`/v1/chat/completions`); more: `400` `invalid_messages`."),
+    Setting("RELAY_MAX_HISTORY_MESSAGES", "MAX_HISTORY_MESSAGES", 1000, _positive(int),
+            "Most messages a turn sends upstream: a longer conversation sends its system "
+            "message, then its newest messages. Keep it at least `RELAY_MAX_MESSAGES`, or a "
+            "`/v1` request loses its oldest messages."),
     Setting("RELAY_MOCK_DELAY_MS", "MOCK_DELAY_MS", 20.0, float,
             "The mock upstream's pause between chunks, in milliseconds."),
     Setting("RELAY_CANCEL_ON_DISCONNECT", "CANCEL_ON_DISCONNECT", False, _bool,

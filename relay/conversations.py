@@ -17,7 +17,6 @@ from .ids import is_valid_id
 from .models import ACTIVE_STATUSES, Conversation, Message, Ticket, TicketEvent, TicketStatus
 from .validation import NewTicket
 
-_messages = Message.__table__
 _conversations = Conversation.__table__
 
 _INSERT_CONVERSATION = (
@@ -29,20 +28,36 @@ _INSERT_MESSAGE = (
     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _LAST_POSITION = "SELECT COALESCE(MAX(position), -1) FROM messages WHERE conversation_id = ?"
-# Earlier answers sent upstream again: not a failed one, nor an empty cancelled one.
-_ANSWERS_KEPT = (None, TicketStatus.COMPLETED, TicketStatus.CANCELLED)
+_LAST_PROMPT = (
+    "SELECT role, position FROM messages WHERE conversation_id = ? AND role <> 'assistant' "
+    "ORDER BY position DESC LIMIT 1"
+)
+_DROP_AFTER = "DELETE FROM messages WHERE conversation_id = ? AND position > ?"
+# Earlier answers are sent upstream again, but not a failed one, nor an empty cancelled one.
+_SENT_UPSTREAM = (
+    "conversation_id = ? AND (status IS NULL OR status IN ('completed', 'cancelled')) "
+    "AND (role <> 'assistant' OR content <> '')"
+)
+_NEWEST_SENT = (
+    f"SELECT position, role, content FROM messages WHERE {_SENT_UPSTREAM} "
+    "ORDER BY position DESC LIMIT ?"
+)
+_FIRST_SENT = (
+    f"SELECT position, role, content FROM messages WHERE {_SENT_UPSTREAM} "
+    "ORDER BY position LIMIT 1"
+)
+_PASSED_ON = ("model", "temperature", "max_tokens")
 
 
 @dataclass
 class Turn:
-    """What one `POST /new` adds to its conversation, and the request it sends upstream."""
+    """What one `POST /new` adds to its conversation, and the options it sends upstream."""
 
     conversation_id: str
     is_new: bool
-    request: dict[str, Any]
-    first_position: int = 0  # of the messages added
+    regenerate: bool
+    options: dict[str, Any]
     added: list[dict[str, str]] = field(default_factory=list)
-    dropped_message_ids: list[int] = field(default_factory=list)
 
 
 def owns(conversation_id: str, owner: str) -> bool:
@@ -56,47 +71,35 @@ def owns(conversation_id: str, owner: str) -> bool:
 
 def plan_turn(conversation_id: str, is_new: bool, spec: NewTicket) -> Turn:
     """The turn `spec` adds to the conversation (new, or stored and not generating)."""
-    history = [] if is_new else _history(conversation_id)
-    turn = Turn(conversation_id, is_new, {})
-    if spec.regenerate:
-        while history and history[-1]["role"] == "assistant":
-            turn.dropped_message_ids.append(history.pop()["id"])
-        if not history or history[-1]["role"] != "user":
-            raise InvalidRequest("There is no user message to regenerate an answer for.")
-    else:
-        turn.added = spec.messages or [{"role": "user", "content": spec.prompt or ""}]
-        turn.first_position = history[-1]["position"] + 1 if history else 0
-        history += [{**message, "status": None} for message in turn.added]
-    messages = [{"role": "system", "content": spec.system}] if spec.system else []
-    messages += [
-        {"role": m["role"], "content": m["content"]}
-        for m in history
-        if m["status"] in _ANSWERS_KEPT and (m["content"] or m["role"] != "assistant")
-    ]
-    turn.request = {"model": spec.model, "messages": messages}
-    if spec.temperature is not None:
-        turn.request["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        turn.request["max_tokens"] = spec.max_tokens
-    return turn
+    options = {"model": spec.model, "temperature": spec.temperature,
+               "max_tokens": spec.max_tokens, "system": spec.system}
+    added = [] if spec.regenerate else (
+        spec.messages or [{"role": "user", "content": spec.prompt or ""}])
+    return Turn(conversation_id, is_new, spec.regenerate,
+                {name: value for name, value in options.items() if value is not None}, added)
 
 
-def store_turn(tx: sql.Transaction, turn: Turn, owner: str, now: float) -> None:
-    """Write the turn's conversation, dropped answers and new messages in `tx`."""
-    if turn.is_new:
-        tx.execute(_INSERT_CONVERSATION,
-                   (turn.conversation_id, owner, _title(turn.added[-1]["content"]), now, now))
-    else:
+def create_conversation(tx: sql.Transaction, turn: Turn, owner: str, now: float) -> None:
+    """Insert a new turn's conversation in `tx`."""
+    tx.execute(_INSERT_CONVERSATION,
+               (turn.conversation_id, owner, _title(turn.added[-1]["content"]), now, now))
+
+
+def store_turn(tx: sql.Transaction, turn: Turn, now: float) -> None:
+    """Write the turn's messages (or, to regenerate, drop the answers after the last prompt) in
+    `tx`, which already holds the conversation's one unfinished ticket: nothing else writes in
+    the conversation meanwhile."""
+    if not turn.is_new:
         tx.execute(_TOUCH_CONVERSATION, (now, turn.conversation_id))
-    if turn.dropped_message_ids:
-        tx.execute(
-            f"DELETE FROM messages WHERE id IN "
-            f"({sql.placeholders(len(turn.dropped_message_ids))})",
-            turn.dropped_message_ids,
-        )
+    if turn.regenerate:
+        last = tx.execute(_LAST_PROMPT, (turn.conversation_id,)).fetchone()
+        if last is None or last[0] != "user":
+            raise InvalidRequest("There is no user message to regenerate an answer for.")
+        tx.execute(_DROP_AFTER, (turn.conversation_id, last[1]))
+        return
+    first = 0 if turn.is_new else _last_position(tx, turn.conversation_id) + 1
     tx.executemany(_INSERT_MESSAGE, [
-        (turn.conversation_id, turn.first_position + offset, m["role"], m["content"], None, None,
-         now)
+        (turn.conversation_id, first + offset, m["role"], m["content"], None, None, now)
         for offset, m in enumerate(turn.added)
     ])
 
@@ -109,6 +112,31 @@ def store_answer(
     tx.execute(_INSERT_MESSAGE, (
         conversation_id, position, "assistant", text, ticket_id, str(status), time.time(),
     ))
+
+
+def upstream_request(
+    tx: sql.Transaction, conversation_id: str | None, options: dict[str, Any], cap: int
+) -> dict[str, Any]:
+    """What a ticket with these stored options sends upstream: at most `cap` messages, the
+    system message (the ticket's, else its conversation's first message if it is one), then the
+    conversation's newest. A ticket without a conversation sends the messages stored with it."""
+    system = options.get("system")
+    if conversation_id is None:
+        history = options.get("messages", [])
+    else:
+        newest = tx.execute(_NEWEST_SENT, (conversation_id, cap)).fetchall()[::-1]
+        if len(newest) < cap:  # the whole conversation
+            first = newest[0] if newest else None
+        else:
+            first = tx.execute(_FIRST_SENT, (conversation_id,)).fetchone()
+        if system is None and first is not None and first[1] == "system":
+            system = first[2]
+            newest = [row for row in newest if row[0] != first[0]]
+        history = [{"role": role, "content": content} for _, role, content in newest]
+    leading = [] if system is None else [{"role": "system", "content": system}]
+    request = {name: options[name] for name in _PASSED_ON if name in options}
+    request["messages"] = leading + history[-max(cap - len(leading), 1):]
+    return request
 
 
 def load_conversation(conversation_id: str, owner: str) -> Conversation:
@@ -186,17 +214,6 @@ def summary(conversation: Conversation) -> dict[str, Any]:
         "created_at": conversation.created_at,
         "updated_at": conversation.updated_at,
     }
-
-
-def _history(conversation_id: str) -> list[dict[str, Any]]:
-    with db.engine.connect() as conn:
-        rows = conn.execute(
-            select(_messages.c.id, _messages.c.position, _messages.c.role, _messages.c.content,
-                   _messages.c.status)
-            .where(_messages.c.conversation_id == conversation_id)
-            .order_by(_messages.c.position)
-        ).mappings()
-        return [dict(row) for row in rows]
 
 
 def _last_position(tx: sql.Transaction, conversation_id: str) -> int:

@@ -29,6 +29,7 @@ class TicketStatus(StrEnum):
 
 FINISHED_STATUSES = frozenset({TicketStatus.COMPLETED, TicketStatus.FAILED, TicketStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({TicketStatus.PENDING, TicketStatus.RUNNING})
+_UNFINISHED = "status IN ('pending', 'running')"
 
 
 class Conversation(Model):
@@ -42,8 +43,13 @@ class Conversation(Model):
 
 
 class Message(Model):
+    """One message of a conversation, stored once: every ticket of the conversation sends the
+    messages before it upstream (`conversations.upstream_messages`)."""
+
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_position", "conversation_id", "position"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_position", "conversation_id", "position", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     conversation_id: Mapped[str] = mapped_column(
@@ -61,8 +67,11 @@ class Ticket(Model):
     __tablename__ = "tickets"
     # A ticket changes status twice (claimed, finished): keyed on what does not change, and
     # only running tickets in the claims index, each of those writes touches fewer pages.
+    # One unfinished ticket per conversation: a second concurrent turn fails to insert its own.
     __table_args__ = (
         Index("ix_tickets_conversation", "conversation_id"),
+        Index("ix_tickets_unfinished_per_conversation", "conversation_id", unique=True,
+              sqlite_where=text(_UNFINISHED), postgresql_where=text(_UNFINISHED)),
         Index("ix_tickets_running_claims", "claimed_by", "cancel_requested",
               sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
     )
@@ -72,6 +81,8 @@ class Ticket(Model):
     conversation_id: Mapped[str | None] = mapped_column(
         String(64), ForeignKey("conversations.id", ondelete="CASCADE"), nullable=True
     )
+    # The turn's options (model, system, temperature, max_tokens), not its messages: those are
+    # the conversation's, stored once.
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="pending")

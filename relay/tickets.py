@@ -3,8 +3,11 @@
 Must not use `request` or `g`. The statements on the hot paths (create, claim, leases, finish)
 are plain SQL in short `sql.Transaction`s (sql.py says why); reads go through SQLAlchemy Core.
 Read-then-write paths start with their write (claim, finish), so SQLite takes the write lock
-first and never has to upgrade a read snapshot. `status = 'running'` is written out in the
-statements so that the planner can use the partial index of running claims.
+first and never has to upgrade a read snapshot; a claim reads its upstream request before, in
+a transaction of its own. `status = 'running'` is written out in the statements so that the
+planner can use the partial index of running claims. Over 300 lines: every write of a ticket's
+status is here, where the rules they share (one unfinished ticket per conversation, who may
+write `done`) can be read together.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, cast
 
+from flask import current_app
 from sqlalchemy import Table, bindparam, select, update
 
 from . import conversations, events, sql
@@ -29,15 +33,22 @@ from .models import ACTIVE_STATUSES, Ticket, TicketStatus
 from .validation import NewTicket
 
 _tickets = cast(Table, Ticket.__table__)
-_SELECT_TICKET = select(_tickets).where(_tickets.c.id == bindparam("tid"))
+# Every column but the stored request options, which only a claim needs.
+_SELECT_TICKET = select(*(c for c in _tickets.c if c.name != "request")).where(
+    _tickets.c.id == bindparam("tid")
+)
 
 _INSERT_TICKET = (
     "INSERT INTO tickets (id, owner, conversation_id, request, model, status, last_seq, "
     "cancel_requested, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
 )
+_PENDING_CONVERSATION = (
+    "SELECT conversation_id FROM tickets WHERE id = ? AND owner = ? AND status = 'pending'"
+)
+_STORED_OPTIONS = "SELECT request FROM tickets WHERE id = ?"
 _CLAIM_TICKET = (
     "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
-    "WHERE id = ? AND owner = ? AND status = 'pending' RETURNING request"
+    "WHERE id = ? AND owner = ? AND status = 'pending'"
 )
 _RENEW_LEASES = (
     "UPDATE tickets SET lease_expires_at = ? "
@@ -119,12 +130,35 @@ def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
     ticket_id = new_id()
     now = time.time()
     with sql.Transaction(db.engine) as tx:
-        conversations.store_turn(tx, turn, owner, now)
-        tx.execute(_INSERT_TICKET, (
-            ticket_id, owner, turn.conversation_id, sql.json_text(turn.request), spec.model,
-            False, now,
-        ))
+        if turn.is_new:
+            conversations.create_conversation(tx, turn, owner, now)
+        # The ticket first: a turn that lost the race to another ends here, before it wrote.
+        try:
+            tx.execute(_INSERT_TICKET, (
+                ticket_id, owner, turn.conversation_id, sql.json_text(turn.options), spec.model,
+                False, now,
+            ))
+        except Exception as exc:
+            if _is_unique_violation(exc):
+                raise _busy() from exc
+            raise
+        conversations.store_turn(tx, turn, now)
     return CreatedTicket(ticket_id, turn.conversation_id)
+
+
+def _busy() -> Conflict:
+    return Conflict(
+        "This conversation is still generating an answer; wait for it or cancel it.",
+        code=ErrorCode.CONVERSATION_BUSY,
+    )
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    """Whether a driver's error is a unique index refusing a row (sqlite3 and psycopg)."""
+    integrity_error = db.engine.dialect.loaded_dbapi.IntegrityError
+    return isinstance(exc, integrity_error) and (
+        getattr(exc, "sqlstate", None) == "23505" or "UNIQUE constraint" in str(exc)
+    )
 
 
 def _settle_active_tickets(conversation_id: str) -> None:
@@ -132,10 +166,7 @@ def _settle_active_tickets(conversation_id: str) -> None:
     for ticket in active_tickets(conversation_id):
         expired = (ticket.lease_expires_at or 0) < time.time()
         if ticket.status == TicketStatus.RUNNING and not (expired and reap_if_expired(ticket.id)):
-            raise Conflict(
-                "This conversation is still generating an answer; wait for it or cancel it.",
-                code=ErrorCode.CONVERSATION_BUSY,
-            )
+            raise _busy()
         if ticket.status == TicketStatus.PENDING:
             cancel_pending(ticket.id)
 
@@ -180,22 +211,36 @@ def claiming(
 ) -> Iterator[dict[str, Any] | None]:
     """Atomically move `owner`'s pending ticket to running for `worker_id`.
 
-    Yields the stored request to the one winner, None to everyone else (including for unknown,
-    not-yours, and already started tickets, which `load_ticket` then tells apart), inside the
-    claim's transaction: it commits when the block ends and rolls back if the block raises.
-    Until then it holds the ticket (SQLite's write lock, PostgreSQL's row lock), so the winner
-    may send its upstream request first. The block must not wait: on SQLite, every other writer
-    waits for it.
+    Yields the request to send upstream to the one winner, None to everyone else (including
+    for unknown, not-yours, and already started tickets, which `load_ticket` then tells apart),
+    inside the claim's transaction: it commits when the block ends and rolls back if the block
+    raises. Until then it holds the ticket (SQLite's write lock, PostgreSQL's row lock), so the
+    winner may send its upstream request first. The block must not wait: on SQLite, every other
+    writer waits for it. The request is read before that, while the ticket is pending: its
+    conversation cannot change until the ticket ends.
     """
-    if not is_valid_id(ticket_id):
+    request = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
+    if request is None:
         yield None
         return
     now = time.time()
     with sql.Transaction(db.engine) as tx:
-        row = tx.execute(
+        claimed = tx.execute(
             _CLAIM_TICKET, (worker_id, now, now + lease_seconds, ticket_id, owner)
-        ).fetchone()
-        yield None if row is None else sql.json_value(row[0])
+        ).rowcount
+        yield request if claimed == 1 else None
+
+
+def _request_if_pending(ticket_id: str, owner: str) -> dict[str, Any] | None:
+    """What the ticket sends upstream, read in a transaction of its own (it writes nothing);
+    None unless it is `owner`'s and pending."""
+    with sql.Transaction(db.engine) as tx:
+        row = tx.execute(_PENDING_CONVERSATION, (ticket_id, owner)).fetchone()
+        stored = None if row is None else tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()
+        if stored is None:  # not a pending ticket of `owner` (or deleted meanwhile)
+            return None
+        cap = current_app.config["MAX_HISTORY_MESSAGES"]
+        return conversations.upstream_request(tx, row[0], sql.json_value(stored[0]), cap)
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:

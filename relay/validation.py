@@ -130,8 +130,8 @@ def _form_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
-    """Validate the fields of a `POST /new` body."""
+def parse_new_ticket(body: dict[str, Any], default_model: str, max_messages: int) -> NewTicket:
+    """Validate the fields of a `POST /new` body (`messages` holding at most `max_messages`)."""
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown field `{unknown[0]}`.", code=ErrorCode.UNKNOWN_FIELD)
@@ -146,7 +146,7 @@ def parse_new_ticket(body: dict[str, Any], default_model: str) -> NewTicket:
         if prompt is not None or messages is not None:
             raise InvalidRequest("`regenerate` takes no `prompt` or `messages`.")
     elif messages is not None:
-        messages = _messages(messages)
+        messages = _messages(messages, max_messages)
     elif prompt is None:
         raise InvalidRequest("The `prompt` field is required.", code=ErrorCode.MISSING_PROMPT)
     elif not isinstance(prompt, str):
@@ -174,8 +174,11 @@ class ChatCompletionRequest:
     include_usage: bool
 
 
-def parse_chat_completion(body: dict[str, Any], default_model: str) -> ChatCompletionRequest:
-    """Validate an OpenAI chat completion request (text messages, no tools)."""
+def parse_chat_completion(
+    body: dict[str, Any], default_model: str, max_messages: int
+) -> ChatCompletionRequest:
+    """Validate an OpenAI chat completion request (text messages, no tools, at most
+    `max_messages`)."""
     unknown = sorted(set(body) - _CHAT_FIELDS)
     if unknown:
         raise InvalidRequest(
@@ -207,7 +210,7 @@ def parse_chat_completion(body: dict[str, Any], default_model: str) -> ChatCompl
         "max_completion_tokens")
     ticket = NewTicket(
         prompt=None,
-        messages=_messages(messages),
+        messages=_messages(messages, max_messages),
         conversation_id=None,
         model=_optional_str(body, "model", 200) or default_model,
         system=None,
@@ -236,10 +239,15 @@ def _text_message(index: int, item: Any) -> Any:
     return {**item, "content": "".join(texts)}
 
 
-def _messages(value: Any) -> list[dict[str, str]]:
+def _messages(value: Any, max_count: int) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise InvalidRequest(
             "`messages` must be a non-empty list.", code=ErrorCode.INVALID_MESSAGES
+        )
+    if len(value) > max_count:
+        raise InvalidRequest(
+            f"`messages` holds {len(value)} messages; at most {max_count} are accepted.",
+            code=ErrorCode.INVALID_MESSAGES,
         )
     checked = []
     for index, item in enumerate(value):

@@ -6,7 +6,12 @@ import json
 from typing import Any
 
 import httpx
+from flask import Flask
 from httpx_sse import connect_sse
+from sqlalchemy import text
+
+from relay import tickets
+from relay.db import db
 
 
 def assert_error_shape(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
@@ -57,3 +62,26 @@ def read_stream(
 
 def text_of(events: list[tuple[str, str, Any]]) -> str:
     return "".join(data["delta"] for _, event, data in events if event == "message")
+
+
+class _Peek(Exception):
+    """Raised in a claim's block, which leaves the ticket pending."""
+
+    def __init__(self, request: dict[str, Any] | None) -> None:
+        super().__init__("peek")
+        self.request = request
+
+
+def upstream_request(app: Flask, ticket_id: str) -> dict[str, Any]:
+    """The request a claim of this pending ticket sends upstream (the ticket stays pending)."""
+    with app.app_context():
+        owner = db.session.execute(
+            text("SELECT owner FROM tickets WHERE id = :id"), {"id": ticket_id}
+        ).scalar_one()
+        try:
+            with tickets.claiming(ticket_id, owner, "peek", 30) as request:
+                raise _Peek(request)
+        except _Peek as peek:
+            assert peek.request is not None
+            return peek.request
+    raise AssertionError("unreachable")

@@ -60,7 +60,9 @@ def chat_completions() -> Response:
     """A chat completion through a ticket: streamed as OpenAI's chunks, or answered whole."""
     body = read_json_object(request)
     state = relay_state()
-    completion = parse_chat_completion(body, state.default_model())
+    completion = parse_chat_completion(
+        body, state.default_model(), current_app.config["MAX_MESSAGES"]
+    )
     owner = current_owner()
     ticket = tickets.create_ticket(owner, completion.ticket)
     metrics.soon(metrics.TICKETS_CREATED.inc)
