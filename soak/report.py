@@ -30,7 +30,8 @@ def summarize(run: dict[str, Any], found: Findings, args: argparse.Namespace) ->
             problems[f"worker {pid} descriptors grew by {grew['fds']}"] = 1
     return {
         "seed": run["seed"], "seconds": run["seconds"], "prompt_limit": run["limit"],
-        "warmup_tickets": run["warmup_tickets"], "counts": dict(sorted(found.counts.items())),
+        "warmup_tickets": run["warmup_tickets"], "healthz": run["healthz"],
+        "counts": dict(sorted(found.counts.items())),
         "faults": dict(sorted(found.faults.items())),
         "outcomes": dict(sorted(found.codes.items())),
         "workers_start": start, "workers_end": end, "growth": growth,
@@ -58,6 +59,9 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"| worker {pid} RSS start / end (MiB) | {start['rss'] / MIB:.1f} / "
                      f"{end['rss'] / MIB:.1f} |")
         lines.append(f"| worker {pid} open fds start / end | {start['fds']} / {end['fds']} |")
+    health = summary["healthz"]
+    lines.append(f"| /healthz probes / slowest (s) / over 1 s | {health['probes']} / "
+                 f"{health['slowest_s']} / {health['over_1s']} |")
     lines.append(f"| **lost, wrong or left running** | **{summary['lost']}** |")
     lines += ["", "outcomes by upstream model:"]
     lines += [f"  {name}: {value}" for name, value in summary["outcomes"].items()]

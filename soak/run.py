@@ -27,6 +27,7 @@ from relay.config import load_config
 from tests.live.relay_server import RelayServer
 
 from . import check, report
+from .client import ClientError, request_json
 from .flows import Soak, make_pool
 
 UPSTREAM_TIMEOUT_S = 3
@@ -104,13 +105,31 @@ def _load(args: argparse.Namespace, seed: int, relay: RelayServer, limit: int) -
     start = _sample(relay)
     began = time.monotonic()
     deadline = began + args.duration
+    health: list[float] = []
+    probe = gevent.spawn(_probe_health, relay.port, health)
     while len(soak.tickets) < args.tickets and time.monotonic() < deadline:
         pool.wait_available(timeout=1)
         if pool.free_count():
             pool.spawn(soak.flow, random.Random(rng.random()))
     pool.join()
+    probe.kill()
     return {"soak": soak, "seed": seed, "seconds": round(time.monotonic() - began, 1),
-            "warmup_tickets": warmup, "workers_start": start, "limit": limit}
+            "warmup_tickets": warmup, "workers_start": start, "limit": limit,
+            "healthz": {"probes": len(health), "slowest_s": round(max(health, default=0), 2),
+                        "over_1s": sum(1 for t in health if t > 1)}}
+
+
+def _probe_health(port: int, seconds: list[float]) -> None:
+    """GET /healthz twice a second: a slow answer means a worker's loop was blocked (a stall
+    fails innocent streams with upstream_timeout: their data waits unread in the socket)."""
+    while True:
+        began = time.monotonic()
+        try:
+            request_json(port, "GET", "/healthz", "", timeout=30)
+        except (ClientError, OSError):
+            pass
+        seconds.append(time.monotonic() - began)
+        gevent.sleep(0.5)
 
 
 def _wait_terminal(db_path: Path) -> int:
