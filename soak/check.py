@@ -117,10 +117,13 @@ def check(tickets: list[Ticket], db_path: Path, record_path: Path) -> Findings:
 
 
 def _check_refused(found: Findings, ticket: Ticket) -> None:
-    if ticket.create_status == 413 and ticket.action == "refused":
+    over = ticket.action == "refused"
+    code = (ticket.create_error or {}).get("code")
+    if over and ticket.create_status == 413 and code == "prompt_too_large":
         found.counts["refused over the limit (413)"] += 1
     else:
-        found.problem("refused", f"{ticket.marker} {ticket.body_bytes} bytes: "
+        kind = "over the limit, not a 413 (the client saw a reset)" if over else "refused"
+        found.problem(kind, f"{ticket.marker} {ticket.body_bytes} bytes: "
                       f"{ticket.create_status} {ticket.create_error}")
 
 

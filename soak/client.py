@@ -113,7 +113,10 @@ def request_json(port: int, method: str, path: str, cookie: str, body: Any = Non
     conn = Connection(port, timeout)
     try:
         payload = raw if raw is not None else (json.dumps(body).encode() if body else b"")
-        conn.send(method, path, cookie, payload)
+        try:
+            conn.send(method, path, cookie, payload)
+        except OSError:
+            pass  # refused before it read all of the body: its answer may still be there
         status, headers = conn.read_head()
         data = conn.read_body(headers)
     finally:

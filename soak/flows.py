@@ -60,8 +60,9 @@ class Soak:
     limit: int
     big_share: float
     timeout: float
-    pool: str
-    tickets: list[Ticket] = field(default_factory=list)
+    faults: dict[str, int]
+    pool: str = field(repr=False)
+    tickets: list[Ticket] = field(default_factory=list, repr=False)
 
     def flow(self, rng: random.Random, forced_bytes: int | None = None) -> None:
         """Make one ticket and do one randomly chosen thing with it."""
@@ -76,7 +77,7 @@ class Soak:
 
     def _create(self, rng: random.Random, action: str, forced_bytes: int | None,
                 conversation: str | None = None, cookie: str = "") -> Ticket:
-        fault = rng.choices(list(FAULT_WEIGHTS), list(FAULT_WEIGHTS.values()))[0]
+        fault = rng.choices(list(self.faults), list(self.faults.values()))[0]
         over = forced_bytes is None and conversation is None and rng.random() < 0.005
         if forced_bytes is not None:
             target = forced_bytes
@@ -94,8 +95,12 @@ class Soak:
         ticket.model = f"soak-{fault}:{n}:{pieces}:{ms}"
         body = self._body(rng, marker, ticket.model, target, conversation)
         ticket.body_bytes = len(body)
-        ticket.create_status, answer, ticket.cookie = request_json(
-            self.port, "POST", "/new", cookie, raw=body, timeout=self.timeout)
+        try:
+            ticket.create_status, answer, ticket.cookie = request_json(
+                self.port, "POST", "/new", cookie, raw=body, timeout=self.timeout)
+        except (ClientError, OSError) as exc:
+            ticket.create_error = {"client": f"no answer: {exc}"}
+            return ticket
         if ticket.create_status == 201:
             ticket.id = answer["id"]
             ticket.conversation = answer.get("conversation_id")

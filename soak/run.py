@@ -28,7 +28,7 @@ from tests.live.relay_server import RelayServer
 
 from . import check, report
 from .client import ClientError, request_json
-from .flows import Soak, make_pool
+from .flows import FAULT_WEIGHTS, Soak, make_pool
 
 UPSTREAM_TIMEOUT_S = 3
 GRACE_S = 30.0  # for the last tickets to end after the clients are done (hangs take 3 s)
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a worker's resident memory growth that fails the soak")
     parser.add_argument("--max-fd-growth", type=int, default=16,
                         help="a worker's open-descriptor growth that fails the soak")
+    parser.add_argument("--faults", default=",".join(FAULT_WEIGHTS),
+                        help="the upstream models to use, comma-separated (default: all of "
+                             "tests/live/fake_upstream.py SOAK_FAULTS), e.g. to tell one "
+                             "fault's harm from another's")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp one)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
@@ -64,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, seed: int, work: Path, limit: int) -> dict[str, Any]:
     record = work / "upstream-record.jsonl"
+    upstream_log = open(work / "upstream.log", "wb")  # noqa: SIM115 (closed below)
     upstream = subprocess.Popen(
         [sys.executable, "-m", "soak.upstream", "--record", str(record)],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.PIPE, stderr=upstream_log, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
     )
     relay = None
     try:
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace, seed: int, work: Path, limit: int) -> dict[str
             relay.stop()
         upstream.terminate()
         upstream.wait(timeout=15)
+        upstream_log.close()
     soak: Soak = summary.pop("soak")
     found = check.check(soak.tickets, work / "instance" / "relay.db", record)
     return report.summarize(summary, found, args)
@@ -94,7 +101,9 @@ def run(args: argparse.Namespace, seed: int, work: Path, limit: int) -> dict[str
 def _load(args: argparse.Namespace, seed: int, relay: RelayServer, limit: int) -> dict[str, Any]:
     """Warm up (two prompts at the limit among them), sample the workers, then the soak."""
     rng = random.Random(seed)
-    soak = Soak(relay.port, limit, args.big_share, timeout=60.0, pool=make_pool(rng))
+    faults = {name: FAULT_WEIGHTS[name] for name in args.faults.split(",")}
+    soak = Soak(relay.port, limit, args.big_share, timeout=60.0, faults=faults,
+                pool=make_pool(rng))
     pool = Pool(args.concurrency)
     warmup = max(10, min(100, args.tickets // 20))
     for index in range(warmup):
