@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
                              "fault's harm from another's")
     parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temp one)")
     args = parser.parse_args(argv)
+    unknown = set(args.faults.split(",")) - set(FAULT_WEIGHTS)
+    if unknown:
+        parser.error(f"unknown --faults {', '.join(sorted(unknown))}; known: "
+                     f"{', '.join(FAULT_WEIGHTS)}")
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     work = args.dir or Path(tempfile.mkdtemp(prefix="relay-soak-"))
     work.mkdir(parents=True, exist_ok=True)
