@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1 << 32)
     work = args.dir or Path(tempfile.mkdtemp(prefix="relay-soak-"))
     work.mkdir(parents=True, exist_ok=True)
-    limit = int(load_config({})["MAX_PROMPT_BYTES"])
+    limit = int(load_config(os.environ)["MAX_PROMPT_BYTES"])
     print(f"soak: seed {seed}, up to {args.tickets} tickets in {args.duration:.0f} s, "
           f"{args.concurrency} clients, prompts up to {limit} bytes; work folder {work}",
           flush=True)
