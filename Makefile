@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install frontend chromium run test lint typecheck unit check bench screenshots clean
+.PHONY: install frontend chromium run test lint typecheck unit check bench soak screenshots clean
 
 install: $(VENV)/.installed
 
@@ -53,6 +53,12 @@ screenshots: install chromium
 ## make bench: relay vs. the direct upstream vs. LiteLLM's proxy (bench/README.md); ~10 min.
 bench: install
 	$(BIN)/python -m bench
+
+## make soak: thousands of tickets, random clients and upstream faults, then nothing may be lost
+## (README "Soak"); e.g. make soak SOAK_ARGS="--duration 600 --tickets 20000 --seed 7".
+SOAK_ARGS ?= --duration 180 --tickets 3000 --concurrency 48
+soak: install
+	$(BIN)/python -m soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) instance frontend/node_modules screenshots bench/results

@@ -189,3 +189,149 @@ class _Handler(BaseHTTPRequestHandler):
             if readable and self.connection.recv(1, socket.MSG_PEEK) == b"":
                 return True
         return False
+
+
+# --- The soak's upstream (soak/): paced answers, faults at a chosen piece, each call recorded ---
+#
+# Model `soak-<fault>:<n>:<pieces>:<ms>`: the last user message is cut into <pieces> pieces sent
+# <ms>/<pieces> ms apart; the fault comes after <n> of them (`ok` and `noise` send them all).
+# Each call appends one JSON line to the record: its marker (the `[soak:...]` that starts the
+# message), model, the answer text it sent in full events, and how it ended.
+
+SOAK_FAULTS = (
+    "ok",         # a normal answer
+    "noise",      # a normal answer with harmless frames between pieces: comments, `event:`,
+                  # `id:` and `retry:` lines, empty choices, role-only and null deltas
+    "429", "500", "503",  # that HTTP status before any body
+    "drop",       # the connection closed mid-body
+    "hang",       # silence after n pieces until the client leaves
+    "hanghead",   # silence before the response head until the client leaves
+    "malformed",  # a `data:` line that is not JSON
+    "bytes",      # a `data:` line that is not UTF-8
+    "array",      # a JSON array where a chunk object belongs
+    "framing",    # a chunk size that is not hex
+    "longline",   # an unterminated line of 5 MiB
+    "errevent",   # a `data: {"error": ...}` event
+    "truncated",  # the body ends cleanly with no finish_reason
+)
+
+_NOISE = (
+    b": keep-alive\n\n",
+    b"event: message\nid: 7\nretry: 1000\n"
+    b'data: {"id": "c", "object": "chat.completion.chunk", "choices": []}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"content": null}}]}\n\n',
+    b'data: {"choices": [{"index": 0, "delta": {"content": ""}}]}\n\n',
+)
+
+
+class SoakUpstream(FakeUpstream):
+    """FakeUpstream that also serves the `soak-` models, recording each call to `record_path`."""
+
+    def __init__(self, record_path: str) -> None:
+        super().__init__()
+        self._record = open(record_path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        upstream = self
+
+        class Handler(_SoakHandler):
+            owner = upstream
+
+        self.server.RequestHandlerClass = Handler  # before anyone knows the port
+
+    def write_record(self, line: dict[str, Any]) -> None:
+        with self._lock:
+            self._record.write(json.dumps(line) + "\n")
+            self._record.flush()
+
+    def close(self) -> None:
+        super().close()
+        self._record.close()
+
+
+class _SoakHandler(_Handler):
+    owner: SoakUpstream
+
+    def _serve(self, call: UpstreamCall, request: dict[str, Any]) -> None:
+        if not call.model.startswith("soak-"):
+            super()._serve(call, request)
+            return
+        fault, n, pieces, ms = _soak_model(call.model)
+        text = call.messages[-1]["content"] if call.messages else ""
+        marker = text[: text.find("]") + 1] if text.startswith("[soak:") else None
+        line: dict[str, Any] = {"marker": marker, "model": call.model, "sent": "",
+                                "ended": "fault"}
+        try:
+            line["ended"] = self._soak_answer(call, fault, n, pieces, ms, text, line)
+        except (BrokenPipeError, ConnectionResetError):
+            line["ended"] = "disconnected"
+            raise
+        finally:
+            self.owner.write_record(line)
+
+    def _soak_answer(self, call: UpstreamCall, fault: str, n: int, pieces: int, ms: int,
+                     text: str, line: dict[str, Any]) -> str:
+        if fault in ("429", "500", "503"):
+            code = int(fault)
+            kind = "rate_limit_exceeded" if code == 429 else "server_error"
+            self._json(code, {"error": {"message": f"injected {code}", "type": kind}})
+            return "fault"
+        if fault == "hanghead":
+            call.disconnected = self._wait_for_disconnect(timeout=120)
+            self.close_connection = True
+            return "hung"
+        size = -(-len(text) // max(1, pieces))
+        parts = [text[i : i + size] for i in range(0, len(text), max(1, size))]
+        if fault not in ("ok", "noise"):
+            parts = parts[:n]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for index, part in enumerate(parts):
+            if ms:
+                time.sleep(ms / 1000 / max(1, pieces))
+            if fault == "noise":
+                self._chunk(_NOISE[index % len(_NOISE)])
+            self._event({"choices": [{"index": 0, "delta": {"content": part}}]})
+            line["sent"] += part
+        return self._soak_end(call, fault)
+
+    def _soak_end(self, call: UpstreamCall, fault: str) -> str:
+        if fault == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return "fault"
+        if fault == "hang":
+            call.disconnected = self._wait_for_disconnect(timeout=120)
+            self.close_connection = True
+            return "hung"
+        if fault == "framing":
+            self.wfile.write(b"zz\r\ndata: {}\r\n")
+            self.close_connection = True
+            return "fault"
+        garbage = {
+            "malformed": b"data: {this is not json\n\n",
+            "bytes": b'data: {"choices": [{"delta": {"content": "\xff\xfe\xc3"}}]}\n\n',
+            "array": b"data: [1, 2, 3]\n\n",
+            "longline": b"data: " + b"x" * (5 * 1024 * 1024),
+            "errevent": b'data: {"error": {"message": "injected", "type": "server_error"}}\n\n',
+        }
+        if fault in garbage:
+            self._chunk(garbage[fault])
+            self._chunk(b"")
+            return "fault"
+        if fault == "truncated":
+            self._chunk(b"")
+            return "fault"
+        self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+        return "completed"
+
+
+def _soak_model(model: str) -> tuple[str, int, int, int]:
+    """(fault, n, pieces, ms) of `soak-<fault>:<n>:<pieces>:<ms>`."""
+    fault, n, pieces, ms = model[len("soak-"):].split(":")
+    if fault not in SOAK_FAULTS:
+        raise ValueError(f"unknown soak fault {fault!r}")
+    return fault, int(n), int(pieces), int(ms)
