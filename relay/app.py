@@ -12,7 +12,7 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from . import sql
+from . import logs, sql
 from .broker import Broker
 from .config import default_instance_path, load_config
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
@@ -45,8 +45,11 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         PERMANENT_SESSION_LIFETIME=timedelta(days=365),
     )
     app.session_interface = IdentityCookie()
-    # JSON columns (a ticket's request, usage) through orjson, as request bodies are.
-    json_options = {"json_serializer": _json_text, "json_deserializer": orjson.loads}
+    # JSON columns (a ticket's request, usage) through orjson, as request bodies are; no
+    # statement's parameters (prompts, answers) in the text of its exceptions.
+    json_options = {
+        "json_serializer": _json_text, "json_deserializer": orjson.loads, "hide_parameters": True,
+    }
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
             "pool_size": 20, "max_overflow": 40, **json_options,
@@ -118,9 +121,11 @@ def _stored_secret(instance_path: str) -> str:
 
 
 def _configure_logging(level: str) -> None:
+    """relay's records to stderr, one line each (`logs.py`), unless the host program logs them."""
     logger = logging.getLogger("relay")
     logger.setLevel(level)
     if not logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logs.install(handler)
         logger.addHandler(handler)

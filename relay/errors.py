@@ -174,5 +174,6 @@ def register_error_handlers(app: Flask) -> None:
             response = error_response(503, failure, _STORE_MESSAGES[failure])
             response.headers["Retry-After"] = "5"
             return response
-        log.exception("unhandled error: %s", exc)
+        # The exception's type and frames, not its text (which may quote a prompt): logs.py.
+        log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, ErrorCode.INTERNAL_ERROR, "The relay hit an internal error.")

@@ -13,7 +13,9 @@ import os
 from typing import Any
 
 import gevent
+from gunicorn.glogging import Logger
 
+from relay import logs
 from relay.server import RelayWorker
 
 _port = os.environ.get("PORT")
@@ -29,6 +31,19 @@ keepalive = 5
 accesslog = os.environ.get("RELAY_ACCESS_LOG") or None
 errorlog = "-"
 control_socket_disable = True  # gunicorn 27: several relays on one machine must not share it
+
+
+class OneLineLogger(Logger):
+    """gunicorn's logger, its error log written one line per record with no exception text
+    (relay.logs says why)."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            logs.install(handler)
+
+
+logger_class = OneLineLogger
 
 
 def when_ready(server: Any) -> None:
