@@ -35,14 +35,35 @@ _STORED_DELTAS = (
 )
 
 
+MAX_CODE = 64  # characters of a finish reason or an error code (their columns' size)
+MAX_MESSAGE = 1000  # characters of an error message
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """How a generation ended: what its `done` event says."""
+    """How a generation ended: what its `done` event says.
+
+    Made to fit the ticket's columns (finish reason and error code cut, text storable), since
+    much of it comes from the upstream: a ticket must be able to end whatever the upstream sent.
+    """
 
     status: TicketStatus
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        reason = self.finish_reason
+        object.__setattr__(self, "finish_reason",
+                           _fitted(reason, MAX_CODE) if isinstance(reason, str) else None)
+        if not isinstance(self.usage, dict):
+            object.__setattr__(self, "usage", None)
+        if self.error:
+            code, message = self.error["code"], self.error["message"]
+            if not (isinstance(code, str) and _fitted(code, MAX_CODE) == code):
+                code = _fitted(str(code), MAX_CODE)
+            object.__setattr__(self, "error",
+                               {"code": code, "message": _fitted(str(message), MAX_MESSAGE)})
 
     def done_payload(self) -> str:
         """The JSON text of the `done` event."""
@@ -125,13 +146,28 @@ def committed_count(ticket_id: str) -> int:
         return last_stored_seq(tx, ticket_id)
 
 
+def storable_text(text: str) -> str:
+    """`text` as a text column can hold it: PostgreSQL refuses NUL, here U+FFFD. (An answer's
+    events keep its exact text: JSON escapes NUL as `\\u0000`.)"""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def stored_text(tx: sql.Transaction, ticket_id: str) -> str:
-    """The answer text of the ticket's stored deltas."""
+    """The answer text of the ticket's stored deltas, as a conversation stores it
+    (`storable_text`)."""
+    return storable_text(_answer_text(tx, ticket_id))
+
+
+def ticket_progress(ticket_id: str) -> tuple[str, int]:
+    """The exact answer text stored so far and the id of the last stored event."""
+    with sql.Transaction(db.engine) as tx:
+        return _answer_text(tx, ticket_id), last_stored_seq(tx, ticket_id)
+
+
+def _answer_text(tx: sql.Transaction, ticket_id: str) -> str:
     rows = tx.execute(_STORED_DELTAS, (ticket_id,)).fetchall()
     return "".join(orjson.loads(text)["delta"] for row in rows for text in row[0].split("\n"))
 
 
-def ticket_progress(ticket_id: str) -> tuple[str, int]:
-    """The answer text stored so far and the id of the last stored event."""
-    with sql.Transaction(db.engine) as tx:
-        return stored_text(tx, ticket_id), last_stored_seq(tx, ticket_id)
+def _fitted(text: str, limit: int) -> str:
+    return storable_text(text[:limit])

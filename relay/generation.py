@@ -18,7 +18,7 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import metrics, sse, tickets
+from . import events, metrics, sse, tickets
 from .broker import Broker
 from .db import storage_failure
 from .errors import ErrorCode
@@ -211,13 +211,16 @@ class Producer:
                 return tickets.CANCELLED
             if stop.reason == STORE_FAILED:
                 return _failed(ErrorCode.STORAGE_FULL, "The answer could not be stored.")
+            log.info("ticket %s stopped (%s)", self.ticket_id, stop.reason)
             return _failed(ErrorCode.SERVER_SHUTDOWN,
-                           f"The relay stopped generating ({stop.reason}).")
+                           "The relay was shutting down and stopped generating this answer.")
         except UpstreamError as exc:
             return _failed(exc.code, exc.message)
-        except Exception as exc:
+        except Exception:
+            # The user gets a sentence; the log gets the type and frames (never the text).
             log.exception("producer of ticket %s crashed", self.ticket_id)
-            return _failed(ErrorCode.INTERNAL_ERROR, f"The relay failed while generating: {exc}")
+            return _failed(ErrorCode.INTERNAL_ERROR,
+                           "The relay failed while generating this answer.")
         finally:
             chunks.close()
 
@@ -245,7 +248,7 @@ class Producer:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_generation(
                     self.ticket_id, worker_id(), outcome, self.take_pending(),
-                    "".join(self.text_parts), done_seq,
+                    events.storable_text("".join(self.text_parts)), done_seq,
                 )
         except Exception as exc:
             failure = storage_failure(exc)
