@@ -120,10 +120,19 @@ def json_value(stored: Any) -> Any:
     return orjson.loads(stored) if isinstance(stored, str | bytes) else stored
 
 
-@functools.cache
 def _driver_sql(sql: str, paramstyle: str) -> str:
     if paramstyle == "qmark":
         return sql
+    # Statements with an IN list come in as many sizes as callers choose: not kept.
+    return _converted(sql, paramstyle) if len(sql) <= 1024 else _convert(sql, paramstyle)
+
+
+@functools.lru_cache(maxsize=64)  # the fixed statements, a few dozen
+def _converted(sql: str, paramstyle: str) -> str:
+    return _convert(sql, paramstyle)
+
+
+def _convert(sql: str, paramstyle: str) -> str:
     if paramstyle in ("format", "pyformat"):
         return sql.replace("%", "%%").replace("?", "%s")
     raise ValueError(f"unsupported DBAPI paramstyle {paramstyle!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ _CHAT_FIELDS = {
     "max_completion_tokens",
 }
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Upstreams take a 32-bit integer (and relay's stored JSON no more than 64 bits).
+_MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,24 @@ def _json_object(request: Request) -> dict[str, Any]:
         raise InvalidJSON(f"The body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The JSON body must be an object.")
+    if b"\\u0000" in raw:  # JSON text can carry NUL only escaped
+        _refuse_nul(body)
     return body
+
+
+def _refuse_nul(body: dict[str, Any]) -> None:
+    """400 for a NUL character in any text of the body: PostgreSQL's text columns cannot store
+    it (and a prompt has no use for it)."""
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise InvalidRequest("Text may not contain the NUL character (U+0000).")
 
 
 def _body_bytes(request: Request) -> bytes:
@@ -119,6 +139,7 @@ def _form_body(request: Request) -> dict[str, Any]:
     environ = request.environ
     environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(raw), str(len(raw))
     body: dict[str, Any] = dict(request.form.items())
+    _refuse_nul(body)
     for name, cast in (("temperature", float), ("max_tokens", int)):
         if name in body:
             try:
@@ -130,8 +151,11 @@ def _form_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def parse_new_ticket(body: dict[str, Any], default_model: str, max_messages: int) -> NewTicket:
-    """Validate the fields of a `POST /new` body (`messages` holding at most `max_messages`)."""
+def parse_new_ticket(
+    body: dict[str, Any], default_model: Callable[[], str], max_messages: int
+) -> NewTicket:
+    """Validate the fields of a `POST /new` body (`messages` holding at most `max_messages`;
+    `default_model()` called only if it names no model)."""
     unknown = sorted(set(body) - _FIELDS)
     if unknown:
         raise InvalidRequest(f"Unknown field `{unknown[0]}`.", code=ErrorCode.UNKNOWN_FIELD)
@@ -157,7 +181,7 @@ def parse_new_ticket(body: dict[str, Any], default_model: str, max_messages: int
         prompt=prompt,
         messages=messages,
         conversation_id=_optional_str(body, "conversation_id", 64),
-        model=_optional_str(body, "model", 200) or default_model,
+        model=_optional_str(body, "model", 200) or default_model(),
         system=_optional_str(body, "system", None),
         temperature=_temperature(body.get("temperature")),
         max_tokens=_max_tokens(body.get("max_tokens")),
@@ -175,7 +199,7 @@ class ChatCompletionRequest:
 
 
 def parse_chat_completion(
-    body: dict[str, Any], default_model: str, max_messages: int
+    body: dict[str, Any], default_model: Callable[[], str], max_messages: int
 ) -> ChatCompletionRequest:
     """Validate an OpenAI chat completion request (text messages, no tools, at most
     `max_messages`)."""
@@ -212,7 +236,7 @@ def parse_chat_completion(
         prompt=None,
         messages=_messages(messages, max_messages),
         conversation_id=None,
-        model=_optional_str(body, "model", 200) or default_model,
+        model=_optional_str(body, "model", 200) or default_model(),
         system=None,
         temperature=_temperature(body.get("temperature")),
         max_tokens=_max_tokens(body.get(tokens_field), tokens_field),
@@ -298,6 +322,6 @@ def _temperature(value: Any) -> float | None:
 def _max_tokens(value: Any, name: str = "max_tokens") -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"`{name}` must be a positive integer.")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_TOKENS:
+        raise InvalidRequest(f"`{name}` must be an integer from 1 to {_MAX_TOKENS}.")
     return value

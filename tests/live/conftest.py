@@ -94,3 +94,20 @@ def client(relay: RelayServer) -> Iterator[httpx.Client]:
     """A client with its own cookie jar (its own anonymous identity)."""
     with httpx.Client(base_url=relay.url, timeout=30) as http:
         yield http
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test module, migrated as a release phase would, and
+    dropped afterwards."""
+    name = f"relay_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        upgraded = upgrade_database(url, tmp_path_factory.mktemp("release"))
+        assert upgraded.returncode == 0, upgraded.stderr
+        yield url
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -11,6 +11,9 @@ Models (`name` or `name:arg`):
 - `truncated:<n>`: sends n chunks, then ends the body cleanly with no finish_reason.
 - `ragged`: like `echo`, but each event has CRLF line ends, a comment, an `event:` field and its
   JSON split over two `data:` lines, and reaches the socket in two writes cut inside a CRLF.
+- `nul`: like `echo`, but every `_` of the message is sent as NUL (JSON's `\u0000`).
+- `finish-as-prompt`: like `echo`, but its finish_reason is the message itself.
+`models_failures` is how many of the next `GET /v1/models` answer HTTP 503.
 Every request is recorded, with whether the client disconnected before the end.
 """
 
@@ -44,6 +47,7 @@ class FakeUpstream:
 
     def __init__(self) -> None:
         self.calls: list[UpstreamCall] = []
+        self.models_failures = 0
         self._lock = threading.Lock()
         upstream = self
 
@@ -88,7 +92,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
+        if self.path.rstrip("/") == "/v1/models" and self.owner.models_failures > 0:
+            self.owner.models_failures -= 1
+            self._json(503, {"error": {"message": "injected 503", "type": "server_error"}})
+        elif self.path.rstrip("/") == "/v1/models":
             body = {"object": "list", "data": [{"id": m, "object": "model"} for m in MODELS]}
             self._json(200, body)
         else:
@@ -117,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(code, {"error": {"message": f"injected {code}", "type": kind}})
             return
         text = next((m["content"] for m in reversed(call.messages) if m["role"] == "user"), "")
+        if name == "nul":
+            text = text.replace("_", "\x00")
         size = max(3, len(text) // 1000)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
         limit = int(arg) if arg and name != "echo" else len(pieces)
@@ -146,7 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif name == "error-event":
             self._event({"error": {"message": "injected mid-stream error", "type": "server_error"}})
         elif name != "truncated":
-            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            reason = text if name == "finish-as-prompt" else "stop"
+            self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
             if request.get("stream_options", {}).get("include_usage"):
                 sent = call.chunks_sent
                 usage = {"prompt_tokens": 7, "completion_tokens": sent, "total_tokens": 7 + sent}
