@@ -106,6 +106,13 @@ class Conflict(RelayError):
     code = ErrorCode.CONFLICT
 
 
+class UpstreamUnavailable(RelayError):
+    """The upstream must answer before the request can be taken (its code says how it failed)."""
+
+    status = 503
+    code = ErrorCode.UPSTREAM_UNREACHABLE
+
+
 _HTTP_CODES = {
     400: ErrorCode.BAD_REQUEST,
     401: ErrorCode.UNAUTHORIZED,

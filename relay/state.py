@@ -29,6 +29,8 @@ class RelayState:
     _default_model: str | None = field(default=None)
 
     def default_model(self) -> str:
+        """The model of a request that names none, kept once the upstream listed its models (a
+        failed listing raises, and the next call lists again)."""
         if self._default_model is None:
             from .upstream import default_model
 

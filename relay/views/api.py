@@ -22,7 +22,7 @@ def new_ticket() -> Response:
     """Store a prompt and return the ticket to stream it with."""
     body = read_body(request)
     spec = parse_new_ticket(
-        body, relay_state().default_model(), current_app.config["MAX_MESSAGES"]
+        body, relay_state().default_model, current_app.config["MAX_MESSAGES"]
     )
     ticket = tickets.create_ticket(current_owner(), spec)
     metrics.soon(metrics.TICKETS_CREATED.inc)

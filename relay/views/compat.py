@@ -61,7 +61,7 @@ def chat_completions() -> Response:
     body = read_json_object(request)
     state = relay_state()
     completion = parse_chat_completion(
-        body, state.default_model(), current_app.config["MAX_MESSAGES"]
+        body, state.default_model, current_app.config["MAX_MESSAGES"]
     )
     owner = current_owner()
     ticket = tickets.create_ticket(owner, completion.ticket)
