@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from sqlalchemy import create_engine
 
@@ -125,6 +126,28 @@ def test_an_over_long_finish_reason_ends_the_ticket_and_logs_stay_one_line_each(
     log = server.log()
     assert secret not in log and "forged" not in log
     assert [line for line in log.splitlines() if not RECORD_START.match(line)] == []
+
+
+def test_a_database_error_quoting_the_prompt_reaches_neither_the_user_nor_the_log(
+    http: httpx.Client, server: RelayServer, migrated_postgres: str
+) -> None:
+    # PostgreSQL quotes the whole row in the DETAIL of a failed check, prompt and all; an
+    # operator's constraint (or trigger) is one way to meet such an error.
+    secret = f"secret-{uuid.uuid4().hex}"
+    check = "ALTER TABLE messages ADD CONSTRAINT no_secrets CHECK (content NOT LIKE 'secret-%')"
+    with psycopg.connect(migrated_postgres, autocommit=True) as conn:
+        conn.execute(check)
+        try:
+            failed = http.post("/new", json={"prompt": f"{secret}\nFAKE [2020-01-01] forged"})
+        finally:
+            conn.execute("ALTER TABLE messages DROP CONSTRAINT no_secrets")
+    error = assert_error_shape(failed, 500, "internal_error")
+    assert error["message"] == "The relay hit an internal error."
+    log = server.log()
+    assert secret not in log and "forged" not in log and "Failing row" not in log
+    assert [line for line in log.splitlines() if not RECORD_START.match(line)] == []
+    crash = [line for line in log.splitlines() if "unhandled error in POST /new" in line]
+    assert len(crash) == 1 and "psycopg.errors.CheckViolation [23514] at " in crash[0]
 
 
 def test_the_statement_cache_stays_small_whatever_sizes_callers_choose(
