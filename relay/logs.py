@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import sys
 import traceback
 from enum import Enum
 from typing import Any
@@ -102,9 +104,17 @@ def _codes(exc: BaseException) -> str:
 
 
 def _short(filename: str) -> str:
-    """A source path from its package folder on (`relay/...`, `gunicorn/...`)."""
-    parts = filename.replace("\\", "/").split("/")
-    for index in range(len(parts) - 1, -1, -1):
-        if parts[index] in ("site-packages", "dist-packages", "lib"):
-            return "/".join(parts[index + 1:])
-    return "/".join(parts[-2:])
+    """A source path from its package on (`relay/app.py`, `flask/app.py`, `socket.py`)."""
+    for root in _ROOTS:
+        if filename.startswith(root):
+            return filename[len(root):]
+    return "/".join(filename.split(os.sep)[-2:])
+
+
+# Where packages are imported from (relay's folder first: an editable install is not on
+# sys.path), longest first.
+_ROOTS = sorted(
+    {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep}
+    | {os.path.abspath(entry) + os.sep for entry in sys.path if os.path.isabs(entry)},
+    key=len, reverse=True,
+)
