@@ -26,7 +26,7 @@ _ESCAPES |= {0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 class OneLine(logging.Filter):
     """Rewrites each record it passes into one safe line: its message with exceptions among the
-    arguments replaced by `describe`, then `| <exception>` for a record with exc_info."""
+    arguments replaced by `describe`, then `| Traceback: <exception>` for one with exc_info."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "relay_one_line", False):
@@ -41,7 +41,7 @@ class OneLine(logging.Filter):
         except (TypeError, ValueError, KeyError):
             message = f"{record.msg} {args!r}"
         if record.exc_info and record.exc_info[1] is not None:
-            message += " | " + describe(record.exc_info[1], frames=True)
+            message += " | Traceback: " + describe(record.exc_info[1], frames=True)
         if record.stack_info:
             message += " | " + record.stack_info
         record.msg, record.args = message.translate(_ESCAPES), None

@@ -47,4 +47,4 @@ def test_an_unexpected_failure_reaches_the_user_as_a_plain_sentence(
     assert len(crash) == 1
     logged = caplog.handler.format(crash[0])
     assert "\n" not in logged and PROMPT not in logged and "line two" not in logged
-    assert "RuntimeError at " in logged and "test_generation_failures.py" in logged
+    assert "| Traceback: RuntimeError at " in logged and "test_generation_failures.py" in logged

@@ -51,7 +51,7 @@ def test_a_traceback_is_one_line_with_types_codes_and_frames_but_no_messages() -
     text = _logged(emit)
     assert text.count("\n") == 1 and text.endswith("\n")
     assert "secret" not in text and "forged" not in text
-    assert text.startswith("ERROR relay.test_logs: the request failed | ValueError at ")
+    assert text.startswith("ERROR relay.test_logs: the request failed | Traceback: ValueError at ")
     assert "tests/test_logs.py:" in text and "_raise_chain" in text
     assert " then relay.errors.InvalidRequest [empty_prompt] at " in text
 
