@@ -73,7 +73,8 @@ SETTINGS: tuple[Setting, ...] = (
             "folder. Set it when several hosts serve the same users."),
     Setting("RELAY_DEFAULT_MODEL", "DEFAULT_MODEL", None, str,
             "Model used when a request names none; default the upstream's first model, or "
-            "`mock-echo`."),
+            "`mock-echo` if it lists none. While the upstream cannot list its models, a request "
+            "naming none gets a 503."),
     Setting("RELAY_UPSTREAM", "UPSTREAM", "auto", _choice("auto", "mock", "openai"),
             "`mock`, `openai`, or `auto` (openai when `OPENAI_API_KEY` is set, else mock)."),
     Setting("RELAY_HEARTBEAT_SECONDS", "HEARTBEAT_SECONDS", 15.0, _positive(float),
@@ -129,7 +130,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_INSTANCE_PATH", "INSTANCE_PATH", None, str,
             "Folder for the SQLite file and the generated secret; default `./instance`."),
     Setting("RELAY_LOG_LEVEL", "LOG_LEVEL", "INFO",
-            _choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level of relay's own logger."),
+            _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+            "Log level of relay's own logger. Its records and gunicorn's error log are one line "
+            "each; an exception is logged as its type, codes and frames, never its text."),
 )
 
 
