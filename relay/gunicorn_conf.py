@@ -62,6 +62,7 @@ def post_worker_init(worker: Any) -> None:
     # 50,000 new objects.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    logs.report_greenlet_errors(gevent.get_hub())
 
 
 def worker_exit(server: Any, worker: Any) -> None:

@@ -56,6 +56,17 @@ def install(handler: logging.Handler) -> None:
         handler.addFilter(OneLine())
 
 
+def report_greenlet_errors(hub: Any) -> None:
+    """Have gevent's `hub` report a greenlet that died of an exception through relay's log,
+    rather than print its traceback (text and all) to stderr."""
+
+    def report(context: Any, kind: Any, value: Any, tb: Any) -> None:
+        name = getattr(getattr(context, "_run", None), "__qualname__", type(context).__name__)
+        logging.getLogger("relay").error("greenlet %s died", name, exc_info=(kind, value, tb))
+
+    hub.print_exception = report
+
+
 def describe(exc: BaseException, *, frames: bool = False) -> str:
     """An exception without its message: type and codes, with its chain (and, if `frames`, the
     frames each went through, innermost last)."""

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import sys
 
+import gevent
 import pytest
 
 from relay import logs
@@ -86,3 +87,20 @@ def test_a_record_is_rewritten_once_however_many_handlers_it_passes() -> None:
     for _ in range(2):
         logs.OneLine().filter(record)
     assert record.getMessage() == "x a\\nb"
+
+
+def test_a_greenlet_that_dies_is_reported_as_one_record(caplog: pytest.LogCaptureFixture) -> None:
+    def doomed() -> None:
+        raise ValueError(SECRET)
+
+    hub = gevent.get_hub()
+    logs.install(caplog.handler)
+    logs.report_greenlet_errors(hub)
+    try:
+        gevent.spawn(doomed).join()
+    finally:
+        del hub.print_exception  # gevent's own again
+    [record] = [r for r in caplog.records if "died" in r.getMessage()]
+    text = caplog.handler.format(record)
+    assert "\n" not in text and "secret" not in text and "forged" not in text
+    assert " died | Traceback: ValueError at " in text and ".<locals>.doomed died" in text
