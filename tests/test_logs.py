@@ -104,3 +104,19 @@ def test_a_greenlet_that_dies_is_reported_as_one_record(caplog: pytest.LogCaptur
     text = caplog.handler.format(record)
     assert "\n" not in text and "secret" not in text and "forged" not in text
     assert " died | Traceback: ValueError at " in text and ".<locals>.doomed died" in text
+
+
+def test_gunicorns_error_log_is_one_line_per_record(capsys: pytest.CaptureFixture[str]) -> None:
+    from gunicorn.config import Config
+
+    from relay.gunicorn_conf import OneLineLogger, logger_class
+
+    assert logger_class is OneLineLogger
+    logger = OneLineLogger(Config())  # the error log on stderr, as relay's config has it
+    try:
+        _raise_chain()
+    except InvalidRequest:
+        logger.exception("Error handling request %s", "/new")
+    logged = capsys.readouterr().err
+    assert logged.count("\n") == 1 and "secret" not in logged and "forged" not in logged
+    assert "[ERROR] Error handling request /new | Traceback: ValueError at " in logged
