@@ -7,16 +7,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import openai
-import psycopg
 import pytest
 import redis
 
 from ..helpers import new_ticket, read_stream, text_of
-from .conftest import POSTGRES_URL, upgrade_database
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 
@@ -26,27 +24,12 @@ REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="module")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh PostgreSQL database for this module, migrated as a release phase would, and
-    dropped afterwards."""
-    name = f"relay_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    upgraded = upgrade_database(url, tmp_path_factory.mktemp("release"))
-    assert upgraded.returncode == 0, upgraded.stderr
-    yield url
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(scope="module")
 def hosts(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, database_url: str
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, migrated_postgres: str
 ) -> tuple[RelayServer, RelayServer]:
     redis.Redis.from_url(REDIS_URL).ping()
     env = {
-        "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "OPENAI_API_KEY": "k",
+        "DATABASE_URL": migrated_postgres, "REDIS_URL": REDIS_URL, "OPENAI_API_KEY": "k",
         "OPENAI_BASE_URL": upstream.base_url, "RELAY_DEFAULT_MODEL": "echo",
         "RELAY_SECRET_KEY": "shared-secret-of-the-two-hosts-0123456789",
         # Far above a test's length: only Redis can wake readers and producers on the other host.
