@@ -1,13 +1,14 @@
-"""HTTP/1.1 to one upstream endpoint: pooled keep-alive connections, each response's framing.
+"""HTTP/1.1 to one upstream endpoint: pooled keep-alive connections (`framing.py` reads each
+response).
 
 A streamed body is read straight from the socket: gevent's `recv` allocates its buffer only once
 data is there, so an idle stream holds no read buffer (http.client's buffered reader held 4 KiB
 per open stream while it waited), and upstream silence is watched by one greenlet per endpoint
 rather than by a timer started and stopped around every read. Must not know SSE, JSON or OpenAI.
 
-Over 300 lines because the connection pool, the silence watch and the response framing share
-one connection's state; issue 18 asks to re-check this framing against a well-kept HTTP/1.1
-parser (h11), which would shrink it.
+A connection is reused only when its last response ended exactly where its framing said and
+nothing arrived on it since; a request is never sent again once a byte of it was sent (the
+upstream may have seen it, and would bill it twice).
 """
 
 from __future__ import annotations
@@ -15,20 +16,16 @@ from __future__ import annotations
 import socket
 import ssl
 import time
-from typing import Any
+from typing import cast
 
 import gevent
-import h11
+
+from .framing import ProtocolError as ProtocolError
+from .framing import Response as Response
 
 # gevent's recv allocates this much only once data is there; it still carries dozens of events.
 READ_SIZE = 4096
-_MAX_HEAD = 64 * 1024
-_MAX_CHUNK_LINE = 1024  # a chunk's size in hex, and any extensions
 _MAX_IDLE_CONNECTIONS = 256
-
-
-class ProtocolError(ValueError):
-    """The upstream's response is not valid HTTP/1.1 framing."""
 
 
 class NothingSent(ConnectionError):
@@ -65,18 +62,22 @@ class Connection:
                 raise TimeoutError("the upstream read nothing for too long") from exc
             raise
 
-    def quiet(self) -> bool:
-        """Nothing to read: neither the peer's close nor bytes that no request asked for."""
+    def recv_arrived(self, size: int = READ_SIZE) -> bytes | None:
+        """What has arrived (b"" if the peer closed), None if nothing has: never waits."""
         self.sock.settimeout(0.0)
         try:
-            self.sock.recv(1)  # a byte here disqualifies the connection: it may go
+            return self.sock.recv(size)
         except (BlockingIOError, ssl.SSLWantReadError):
-            return True
-        except OSError:
-            return False
+            return None
         finally:
             self.sock.settimeout(None)
-        return False
+
+    def quiet(self) -> bool:
+        """Nothing to read: neither the peer's close nor bytes that no request asked for."""
+        try:
+            return self.recv_arrived(1) is None  # a byte here rules the connection out anyway
+        except OSError:
+            return False
 
     def recv(self) -> bytes:
         try:
@@ -90,76 +91,6 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
-
-
-class Response:
-    """A response's status and framing, parsed by h11; `read()` returns its body's bytes as
-    they arrive."""
-
-    __slots__ = ("conn", "status", "complete", "_parser")
-
-    def __init__(self, conn: Connection, received: bytes) -> None:
-        """The response whose first bytes are `received`: reads the rest of its head."""
-        self.conn = conn
-        self.complete = False  # the whole body has been read
-        self._parser = parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
-        parser.send(_POST)
-        parser.receive_data(received)
-        while True:
-            event = self._next_event("mid-head")
-            if event is h11.NEED_DATA:
-                self._receive()
-            elif isinstance(event, h11.Response):
-                break
-            elif not isinstance(event, h11.InformationalResponse):
-                raise ProtocolError(f"unexpected {type(event).__name__} before the response")
-        self.status = event.status_code
-        if event.http_version != b"1.1" and event.http_version != b"1.0":
-            raise ProtocolError("not an HTTP/1.1 response")
-        names = {name for name, _ in event.headers}
-        if b"transfer-encoding" in names and b"content-length" in names:
-            # RFC 9112 6.3: a sign of request smuggling or response splitting.
-            raise ProtocolError("both Transfer-Encoding and Content-Length")
-
-    @property
-    def reusable(self) -> bool:
-        """Read to its end, nothing after it, and the server keeps the connection open."""
-        return (self.complete and self._parser.their_state is h11.DONE
-                and self._parser.trailing_data == (b"", False))
-
-    def read(self) -> bytes:
-        """The body's next bytes as they arrive, b"" once it has all been read."""
-        payload: list[bytes] = []
-        while not self.complete:
-            event = self._next_event("mid-body")
-            if type(event) is h11.Data:
-                payload.append(event.data)
-            elif type(event) is h11.EndOfMessage:
-                self.complete = True
-            elif payload:  # NEED_DATA: return what is at hand first
-                break
-            else:
-                # h11 holds a chunk's size line (or trailers) until its end: bound it.
-                if len(self._parser.trailing_data[0]) > _MAX_CHUNK_LINE:
-                    raise ProtocolError("a chunk header without its end")
-                self._receive()
-        return b"".join(payload)
-
-    def _next_event(self, where: str) -> Any:
-        try:
-            return self._parser.next_event()
-        except h11.RemoteProtocolError as exc:
-            if self._parser.trailing_data[1]:  # the connection had closed
-                raise ConnectionError(f"the upstream closed the connection {where}") from exc
-            raise ProtocolError(str(exc)) from exc
-
-    def _receive(self) -> None:
-        self._parser.receive_data(self.conn.recv())  # b"" tells h11 the connection closed
-
-
-# What h11 needs to know of the request to frame its response: a POST, keep-alive. The bytes
-# sent are built once per endpoint (`Endpoint._head`), not by h11.
-_POST = h11.Request(method="POST", target="/", headers=[("Host", "upstream")])
 
 
 class Call:
@@ -238,7 +169,7 @@ class Endpoint:
 
     def release(self, response: Response) -> None:
         """The exchange is over: keep its connection for the next request if it can be reused."""
-        conn = response.conn
+        conn = cast(Connection, response.conn)  # the one `_exchange` gave it
         self._active.discard(conn)
         if response.reusable and not conn.silent and len(self._idle) < _MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
