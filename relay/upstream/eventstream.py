@@ -55,6 +55,9 @@ class EventDecoder:
         self._after_cr = received.endswith(b"\r")
         if b"\r" in received:  # every line end becomes LF
             received = received.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if (not self._partial and not self._data and received.startswith(b"data: ")
+                and received.endswith(b"\n\n") and received.count(b"\n") == 2):
+            return [received[6:-2]]  # the usual read: one whole one-line event
         lines = received.split(b"\n")
         last = lines.pop()
         if not lines:
