@@ -13,6 +13,8 @@ import pytest
 
 from relay.upstream.connection import Endpoint, ProtocolError
 
+from .test_upstream_connection import _requests
+
 pytestmark = pytest.mark.timeout(30)
 
 OK_2 = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"
@@ -73,22 +75,6 @@ class _Server:
                         self.late_sent.set()
             except OSError:  # the client closed it first
                 pass
-
-
-def _requests(client: socket.socket) -> Iterator[None]:
-    buffer = b""
-    while True:
-        while b"\r\n\r\n" not in buffer:
-            data = client.recv(65536)
-            if not data:
-                return
-            buffer += data
-        head, _, buffer = buffer.partition(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        while len(buffer) < length:
-            buffer += client.recv(65536)
-        buffer = buffer[length:]
-        yield None
 
 
 @pytest.fixture()

@@ -3,8 +3,8 @@ exactly where its framing says (RFC 9112 sections 4 to 7), so that a reused conn
 with the next response and nothing else.
 
 Hand-written rather than h11 by measurement: h11's event per chunk cost a quarter of relay's
-throughput (bench/README.md, 2026-12-03). tests/test_upstream_framing.py holds the cases it is
-proven against. Strict where leniency would let a response's end be misread: one
+tokens per CPU-second (bench/README.md, 2026-12-03); tests/test_upstream_framing.py holds the
+cases it is proven against. Strict where leniency would let a response's end be misread: one
 Transfer-Encoding, exactly `chunked`; Content-Length values identical and digits only, never
 with a Transfer-Encoding; chunk sizes hex digits only; each chunk followed by CRLF; bytes after
 the end rule the connection out. Lenient where RFC 9112 lets a client be: an obsolete folded
