@@ -34,15 +34,7 @@ def _response(raw: bytes) -> Response:
     theirs.sendall(raw)
     theirs.close()
     conn = Connection(ours)
-    head, _, rest = _read_head(conn)
-    return Response(conn, head, rest)
-
-
-def _read_head(conn: Connection) -> tuple[bytes, bytes, bytes]:
-    received = b""
-    while b"\r\n\r\n" not in received:
-        received += conn.recv()
-    return received.partition(b"\r\n\r\n")
+    return Response(conn, conn.recv())
 
 
 def _body(response: Response) -> bytes:
@@ -76,14 +68,14 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
 def test_chunked_body_split_anywhere_between_reads() -> None:
     # What was received with the head, then the rest in the next read: every split point, so
     # each piece of the framing (size line, payload, its CRLF, the last chunk) is cut once.
-    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked"
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     body = b"5;x=y\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-T: t\r\n\r\n"
     for split in range(len(body) + 1):
         ours, theirs = socket.socketpair()
         _opened.append(ours)
         theirs.sendall(body[split:])
         theirs.close()
-        response = Response(Connection(ours), head, body[:split])
+        response = Response(Connection(ours), head + body[:split])
         assert _body(response) == b"hello 0123456789", split
         assert response.reusable, split
 
@@ -107,7 +99,7 @@ def test_malformed_heads_are_protocol_errors(raw: bytes) -> None:
 
 def test_bad_chunk_size_is_a_protocol_error() -> None:
     response = _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n")
-    with pytest.raises(ProtocolError, match="chunk size"):
+    with pytest.raises(ProtocolError, match="chunk header"):
         _body(response)
 
 
@@ -210,22 +202,6 @@ def test_request_head_and_keep_alive_reuse(endpoint_to: Callable[[int], Endpoint
     assert len(endpoint._idle) == 1  # one connection served both
 
 
-def test_an_idle_connection_the_server_closed_is_replaced(
-    endpoint_to: Callable[[int], Endpoint],
-) -> None:
-    # The first connection's second request is answered by closing it, as a server whose
-    # keep-alive timeout passed would: the request goes again on a fresh connection.
-    upstream = _Upstream(
-        lambda request, n: None if n == 2 else b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    )
-    endpoint = endpoint_to(upstream.port)
-    for _ in range(2):
-        response = endpoint.post(b"{}")
-        assert _body(response) == b"ok"
-        endpoint.release(response)
-    assert len(upstream.requests) == 3
-
-
 def test_interim_responses_are_skipped(endpoint_to: Callable[[int], Endpoint]) -> None:
     upstream = _Upstream(lambda request, n: b"HTTP/1.1 100 Continue\r\n\r\n"
                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -237,7 +213,7 @@ def test_interim_responses_are_skipped(endpoint_to: Callable[[int], Endpoint]) -
 
 def test_a_chunk_size_line_without_its_end_is_a_protocol_error() -> None:
     response = _response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 2000)
-    with pytest.raises(ProtocolError, match="chunk size"):
+    with pytest.raises(ProtocolError, match="chunk header"):
         _body(response)
 
 

@@ -1,13 +1,14 @@
-"""HTTP/1.1 to one upstream endpoint: pooled keep-alive connections, each response's framing.
+"""HTTP/1.1 to one upstream endpoint: pooled keep-alive connections (`framing.py` reads each
+response).
 
 A streamed body is read straight from the socket: gevent's `recv` allocates its buffer only once
 data is there, so an idle stream holds no read buffer (http.client's buffered reader held 4 KiB
 per open stream while it waited), and upstream silence is watched by one greenlet per endpoint
 rather than by a timer started and stopped around every read. Must not know SSE, JSON or OpenAI.
 
-Over 300 lines because the connection pool, the silence watch and the response framing share
-one connection's state; issue 18 asks to re-check this framing against a well-kept HTTP/1.1
-parser (h11), which would shrink it.
+A connection is reused only when its last response ended exactly where its framing said and
+nothing arrived on it since; a request is never sent again once a byte of it was sent (the
+upstream may have seen it, and would bill it twice).
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from __future__ import annotations
 import socket
 import ssl
 import time
+from typing import cast
 
 import gevent
 
+from .framing import ProtocolError as ProtocolError
+from .framing import Response as Response
+
 # gevent's recv allocates this much only once data is there; it still carries dozens of events.
 READ_SIZE = 4096
-_MAX_HEAD = 64 * 1024
-_MAX_CHUNK_LINE = 1024  # a chunk's size in hex, and any extensions
 _MAX_IDLE_CONNECTIONS = 256
 
 
-class ProtocolError(ValueError):
-    """The upstream's response is not valid HTTP/1.1 framing."""
+class NothingSent(ConnectionError):
+    """The connection was closed before it took any byte of the request."""
 
 
 class UnreachableError(OSError):
@@ -44,16 +47,37 @@ class Connection:
         self.silent = False  # closed by the watchdog
 
     def send(self, data: bytes | memoryview) -> None:
+        """Send all of `data`; NothingSent if the connection refused its first byte."""
         try:
             # One send when the buffer has room: gevent's sendall first asks the kernel for
             # SO_SNDBUF, one more system call per request.
-            sent = self.sock.send(data)
+            try:
+                sent = self.sock.send(data)
+            except ConnectionError as exc:
+                raise NothingSent(str(exc)) from exc
             if sent < len(data):
                 self.sock.sendall(memoryview(data)[sent:])
         except OSError as exc:
             if self.silent:
                 raise TimeoutError("the upstream read nothing for too long") from exc
             raise
+
+    def recv_arrived(self, size: int = READ_SIZE) -> bytes | None:
+        """What has arrived (b"" if the peer closed), None if nothing has: never waits."""
+        self.sock.settimeout(0.0)
+        try:
+            return self.sock.recv(size)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        finally:
+            self.sock.settimeout(None)
+
+    def quiet(self) -> bool:
+        """Nothing to read: neither the peer's close nor bytes that no request asked for."""
+        try:
+            return self.recv_arrived(1) is None  # a byte here rules the connection out anyway
+        except OSError:
+            return False
 
     def recv(self) -> bytes:
         try:
@@ -67,122 +91,6 @@ class Connection:
 
     def close(self) -> None:
         self.sock.close()
-
-
-class Response:
-    """A response's status and framing; `read()` returns its body's bytes as they arrive."""
-
-    __slots__ = ("conn", "status", "chunked", "length", "keep_alive", "complete", "_pending",
-                 "_left")
-
-    def __init__(self, conn: Connection, head: bytes, rest: bytes) -> None:
-        self.conn = conn
-        lines = head.split(b"\r\n")
-        version, _, status = lines[0].partition(b" ")
-        if not version.startswith(b"HTTP/1.") or not status[:3].isdigit():
-            raise ProtocolError(f"not an HTTP/1.1 status line: {lines[0][:80]!r}")
-        self.status = int(status[:3])
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon:
-                raise ProtocolError(f"not a header line: {line[:80]!r}")
-            headers[name.strip().lower()] = value.strip().lower()
-        self.chunked = b"chunked" in headers.get(b"transfer-encoding", b"")
-        length = headers.get(b"content-length")
-        if length is not None and not length.isdigit():
-            raise ProtocolError(f"bad Content-Length: {length[:40]!r}")
-        self.length = None if self.chunked or length is None else int(length)
-        connection = headers.get(b"connection", b"")
-        self.keep_alive = (b"close" not in connection and (
-            version == b"HTTP/1.1" or b"keep-alive" in connection
-        ) and (self.chunked or self.length is not None))
-        self.complete = self.length == 0  # the whole body has been read
-        self._pending = rest  # received, not yet returned
-        # Chunked: payload bytes still to come in the current chunk, then its CRLF (2 more);
-        # with a Content-Length: body bytes still to come.
-        self._left = 0 if self.length is None else self.length
-
-    @property
-    def reusable(self) -> bool:
-        return self.complete and self.keep_alive
-
-    def read(self) -> bytes:
-        """The body's next bytes as they arrive, b"" once it has all been read."""
-        if self.complete:
-            return b""
-        if self.chunked:
-            return self._read_chunked()
-        data, self._pending = self._pending or self.conn.recv(), b""
-        if self.length is None:  # the body ends when the connection does
-            self.complete = not data
-            return data
-        if not data:
-            raise ConnectionError("the upstream closed the connection mid-body")
-        data = data[: self._left]
-        self._left -= len(data)
-        self.complete = self._left == 0
-        return data
-
-    def _read_chunked(self) -> bytes:
-        """Decode from all the bytes at hand: one recv often holds dozens of chunks, an event
-        each, and the caller wants them in one piece. Walked by offset: slicing off each chunk
-        copied the rest of the buffer, once per chunk."""
-        pending, left, at = self._pending, self._left, 0
-        payload: list[bytes] = []
-        while True:
-            end = len(pending)
-            while at < end:
-                if left > 2:
-                    take = min(left - 2, end - at)
-                    payload.append(pending[at : at + take])
-                    at += take
-                    left -= take
-                elif left:
-                    skipped = min(left, end - at)
-                    at += skipped
-                    left -= skipped
-                else:
-                    line_end = pending.find(b"\n", at)
-                    if line_end < 0:
-                        if end - at > _MAX_CHUNK_LINE:
-                            raise ProtocolError("a chunk size line without its end")
-                        break
-                    size = _chunk_size(pending[at:line_end])
-                    at = line_end + 1
-                    if size == 0:
-                        self._skip_trailers(pending[at:])
-                        self.complete, self._pending = True, b""
-                        return b"".join(payload)
-                    left = size + 2
-            pending, at = pending[at:], 0
-            if payload:
-                self._pending, self._left = pending, left
-                return b"".join(payload)
-            received = self.conn.recv()
-            if not received:
-                raise ConnectionError("the upstream closed the connection mid-body")
-            pending += received
-
-    def _skip_trailers(self, pending: bytes) -> None:
-        """Read the trailer section after the last chunk, up to its blank line."""
-        while True:
-            while b"\n" not in pending:
-                received = self.conn.recv()
-                if not received:
-                    raise ConnectionError("the upstream closed the connection in the trailers")
-                pending += received
-            line, _, pending = pending.partition(b"\n")
-            if not line.strip():
-                return
-
-
-def _chunk_size(line: bytes) -> int:
-    size = line.split(b";", 1)[0].strip()
-    try:
-        return int(size, 16)
-    except ValueError:
-        raise ProtocolError(f"bad chunk size: {size[:40]!r}") from None
 
 
 class Call:
@@ -224,34 +132,32 @@ class Endpoint:
 
     def start(self, body: bytes) -> Call:
         """Send the request now, as much as one `send` takes, if a pooled plain TCP connection
-        is idle; `answer` sends the rest, or all of it elsewhere if that connection turns out
-        closed. Never waits: an idle connection's buffer has room, and a partial send returns
-        at once (TLS sockets are left to `answer`: they take no send flags)."""
+        is idle and clean; `answer` sends the rest. Never waits: an idle connection's buffer
+        has room, and a partial send returns at once (TLS sockets are left to `answer`: they
+        take no send flags)."""
         call = Call(self._head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        if self._idle and self._tls is None:
-            conn = self._watched(self._idle.pop())
+        if self._tls is None and (conn := self._idle_connection()) is not None:
+            call.sent_on = conn
             try:
                 call.sent = conn.sock.send(call.request, socket.MSG_DONTWAIT)
-            except OSError:  # closed while idle
-                self._active.discard(conn)
-                conn.close()
-            else:
-                call.sent_on = conn
+            except OSError:  # nothing sent: `answer` finds out why
+                pass
         return call
 
     def answer(self, call: Call) -> Response:
-        """The response to a started call, once its head has arrived."""
+        """The response to a started call, once its head has arrived. Nothing is sent again
+        once the upstream may have seen a byte of it: only a reused connection that refused
+        the request's first byte is given up for a fresh one."""
         conn, call.sent_on = call.sent_on, None
-        response = None
+        if conn is None:
+            conn = self._idle_connection()
         if conn is not None:
-            response = self._exchange(conn, memoryview(call.request)[call.sent :])
-        while response is None and self._idle:
-            response = self._exchange(self._watched(self._idle.pop()), call.request)
-        if response is None:
-            response = self._exchange(self._watched(self._connect()), call.request)
-        if response is not None:
-            return response
-        raise ConnectionError("the upstream closed the connection without answering")
+            try:
+                return self._exchange(conn, memoryview(call.request)[call.sent :])
+            except NothingSent:
+                if call.sent:
+                    raise
+        return self._exchange(self._watched(self._connect()), call.request)
 
     def abandon(self, call: Call) -> None:
         """A started call whose answer will not be read: its connection is closed, so the
@@ -263,7 +169,7 @@ class Endpoint:
 
     def release(self, response: Response) -> None:
         """The exchange is over: keep its connection for the next request if it can be reused."""
-        conn = response.conn
+        conn = cast(Connection, response.conn)  # the one `_exchange` gave it
         self._active.discard(conn)
         if response.reusable and not conn.silent and len(self._idle) < _MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
@@ -286,57 +192,29 @@ class Endpoint:
         sock.settimeout(None)  # silence is the watchdog's to judge
         return Connection(sock)
 
-    def _exchange(self, conn: Connection, unsent: bytes | memoryview) -> Response | None:
-        """Send what is left of a request on `conn`, then read the response's head; None, with
-        `conn` closed, when the server had closed it before reading the request."""
+    def _idle_connection(self) -> Connection | None:
+        """A pooled connection with nothing to read on it, now watched: one with the upstream's
+        close or bytes no request asked for (they would be taken for the next answer) is
+        closed."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.quiet():
+                return self._watched(conn)
+            conn.close()
+        return None
+
+    def _exchange(self, conn: Connection, unsent: bytes | memoryview) -> Response:
+        """Send what is left of a request on `conn`, then read the response's head."""
         try:
             if unsent:
-                self._send(conn, unsent)
-            return self._read_head(conn)
-        except _ClosedBeforeAnswer:
+                conn.send(unsent)
+            received = conn.recv()
+            if not received:
+                raise ConnectionError("the upstream closed the connection without answering")
+            return Response(conn, received)
+        except BaseException:
+            self._active.discard(conn)
             conn.close()
-            return None
-        except BaseException:
-            conn.close()
-            raise
-
-    def _send(self, conn: Connection, data: bytes | memoryview) -> None:
-        try:
-            conn.send(data)
-        except ConnectionError as exc:  # reset or broken pipe: the server closed it
-            self._active.discard(conn)
-            raise _ClosedBeforeAnswer from exc
-        except BaseException:
-            self._active.discard(conn)
-            raise
-
-    def _read_head(self, conn: Connection) -> Response:
-        answered = False
-        try:
-            received = b""
-            while True:
-                head_end = received.find(b"\r\n\r\n")
-                if head_end >= 0:
-                    head, received = received[:head_end], received[head_end + 4 :]
-                    if not head.startswith((b"HTTP/1.1 1", b"HTTP/1.0 1")):
-                        return Response(conn, head, received)
-                    continue  # an interim 1xx response: the final one follows
-                if len(received) > _MAX_HEAD:
-                    raise ProtocolError("the upstream's response head is too large")
-                data = conn.recv()
-                if not data:
-                    if not answered:
-                        raise _ClosedBeforeAnswer
-                    raise ConnectionError("the upstream closed the connection mid-head")
-                received += data
-                answered = True
-        except ConnectionError as exc:  # reset or broken pipe
-            self._active.discard(conn)
-            if not answered:
-                raise _ClosedBeforeAnswer from exc
-            raise
-        except BaseException:
-            self._active.discard(conn)
             raise
 
     def _watched(self, conn: Connection) -> Connection:
@@ -359,7 +237,3 @@ class Endpoint:
                 self._active.discard(conn)
                 conn.close()
         self._watchdog = None
-
-
-class _ClosedBeforeAnswer(Exception):
-    """The connection ended before any byte of an answer."""

@@ -11,9 +11,9 @@ the upstream may have seen the request: a retried streaming call would pay for t
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
+import re
 from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +25,7 @@ import orjson
 from ..errors import ErrorCode as Code
 from .base import ChatRequest, Chunks, Delta, Finish, UpstreamError
 from .connection import Call, Endpoint, ProtocolError, Response, UnreachableError
+from .eventstream import EventDecoder, EventTooLarge
 
 log = logging.getLogger("relay.upstream")
 
@@ -113,11 +114,12 @@ class OpenAIUpstream:
             call, body = None, b""  # the request is not kept for the length of the answer
             if response.status >= 400:
                 raise _status_error(response.status, _error_body(response))
-            # The body is read to its end, past [DONE], so the connection can be reused; the
-            # caller may stop iterating at Finish.
             parser = _EventParser()
             while received := response.read():
                 yield from parser.feed(received)
+                if parser.done:  # the answer is complete, whether or not the body ends soon
+                    response.read_arrived()  # its end, if here, so the connection is reused
+                    break
             yield from parser.end()
         except TimeoutError as exc:
             raise UpstreamError(
@@ -125,15 +127,18 @@ class OpenAIUpstream:
                 f"The upstream sent nothing for {self._read_timeout:g} seconds.",
             ) from exc
         except UnreachableError as exc:
-            raise UpstreamError(Code.UPSTREAM_UNREACHABLE, str(exc)) from exc
+            log.warning("upstream unreachable: %r", str(exc))
+            raise UpstreamError(Code.UPSTREAM_UNREACHABLE, "Could not reach the upstream.") from exc
         except ProtocolError as exc:
+            log.warning("upstream sent malformed HTTP: %r", str(exc))
             raise UpstreamError(
-                Code.UPSTREAM_BAD_RESPONSE, f"The upstream sent a malformed response: {exc}"
+                Code.UPSTREAM_BAD_RESPONSE, "The upstream sent a malformed response."
             ) from exc
         except OSError as exc:
             when = "mid-answer" if response is not None else "before answering"
+            log.warning("upstream connection broke %s: %r", when, exc)
             raise UpstreamError(
-                Code.UPSTREAM_DISCONNECTED, f"The upstream connection broke {when}: {exc!r}"
+                Code.UPSTREAM_DISCONNECTED, f"The upstream connection broke {when}."
             ) from exc
         finally:
             if response is not None:
@@ -167,37 +172,33 @@ def _error_body(response: Response) -> bytes:
 class _EventParser:
     """An OpenAI stream's server-sent events in, its text deltas out, then Finish at the end."""
 
-    __slots__ = ("_buffer", "_done", "_finish_reason", "_usage")
+    __slots__ = ("_decoder", "done", "_finish_reason", "_usage")
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._done = False
+        self._decoder = EventDecoder(_MAX_EVENT)
+        self.done = False  # [DONE] was received: the answer is complete
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] = {}
 
     def feed(self, received: bytes) -> Iterator[Delta]:
         """The deltas of the events that `received` completes (a generator, so that the deltas
         before a malformed event still go out)."""
-        buffer = self._buffer + received
-        if b"\r" in buffer:
-            # Normalise CRLF and CR line ends; a CR at the very end may be half of a CRLF.
-            keep = b"\r" if buffer.endswith(b"\r") else b""
-            buffer = buffer[: len(buffer) - len(keep)].replace(b"\r\n", b"\n")
-            buffer = buffer.replace(b"\r", b"\n") + keep
-        *blocks, self._buffer = buffer.split(b"\n\n")
-        if len(self._buffer) > _MAX_EVENT:
+        try:
+            events = self._decoder.feed(received)
+        except EventTooLarge as exc:
             raise UpstreamError(Code.UPSTREAM_BAD_RESPONSE,
-                                f"The upstream sent an event of more than {_MAX_EVENT} bytes.")
-        for block in blocks:
-            data = _data_of(block)
-            if data is not None and (text := self._parse(data)):
+                                f"The upstream sent an event of more than {_MAX_EVENT} bytes.",
+                                ) from exc
+        for data in events:
+            if text := self._parse(data):
                 yield Delta(text)
 
     def end(self) -> Iterator[Delta | Finish]:
-        """The body ended: the delta of an event it did not end with a blank line, and Finish."""
-        data = _data_of(self._buffer.rstrip(b"\r"))
-        if data is not None and (text := self._parse(data)):
-            yield Delta(text)
+        """The answer ended: the delta of an event the body ended without its blank line, then
+        Finish."""
+        for data in self._decoder.end():
+            if text := self._parse(data):
+                yield Delta(text)
         if self._finish_reason is None:
             raise UpstreamError(
                 Code.UPSTREAM_DISCONNECTED, "The upstream ended the stream before it finished."
@@ -206,23 +207,23 @@ class _EventParser:
 
     def _parse(self, data: bytes) -> str | None:
         """The text of one event's chunk, noting its finish reason and usage."""
-        # Read on to the end of the body after [DONE], so the connection goes back to the pool.
-        self._done = self._done or data.startswith(b"[DONE]")
-        if self._done:
+        if self.done or not data.strip():  # an event with empty data carries no chunk
+            return None
+        if data.startswith(b"[DONE]"):
+            self.done = True
             return None
         try:
             chunk = orjson.loads(data)
         except ValueError as exc:
             raise UpstreamError(
-                Code.UPSTREAM_BAD_RESPONSE, f"The upstream sent malformed data: {exc}"
+                Code.UPSTREAM_BAD_RESPONSE, "The upstream sent malformed data (not JSON)."
             ) from exc
         if not isinstance(chunk, dict):
             raise UpstreamError(Code.UPSTREAM_BAD_RESPONSE, "The upstream sent a chunk that is not "
                                 "a JSON object.")
         if chunk.get("error"):
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            raise UpstreamError(Code.UPSTREAM_ERROR, f"The upstream reported an error: {message}")
+            log.warning("upstream reported an error mid-answer%s", _summary(chunk))
+            raise UpstreamError(Code.UPSTREAM_ERROR, "The upstream reported an error mid-answer.")
         if chunk.get("usage"):
             self._usage = chunk["usage"]
         choices = chunk.get("choices")
@@ -238,47 +239,64 @@ class _EventParser:
         return content if content and isinstance(content, str) else None
 
 
-def _data_of(block: bytes) -> bytes | None:
-    if block.startswith(b"data: ") and b"\n" not in block:
-        return block[6:]  # the usual one-line event
-    lines = [
-        line[6:] if line.startswith(b"data: ") else line[5:]
-        for line in block.split(b"\n")
-        if line.startswith(b"data:")
-    ]
-    return b"\n".join(lines) if lines else None
-
-
 def _status_error(status: int, raw: bytes) -> UpstreamError:
-    """An error answer's code and message, from an OpenAI-style `{"error": {"message"}}` body."""
+    """An error answer as the contract's code and a sentence of our own: the upstream's message
+    may name its organisation, a masked key or a request id, so it goes to no one; the log
+    gets the status and the body's error type and code."""
     try:
-        error = json.loads(raw).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (ValueError, AttributeError):
-        message = None
-    detail = str(message) if message else raw[:200].decode("utf-8", "replace").strip()
+        body = orjson.loads(raw)
+    except ValueError:
+        body = None
+    log.warning("upstream answered HTTP %d%s", status, _summary(body))
+    return _status_sentence(status)
+
+
+def _status_sentence(status: int) -> UpstreamError:
     if status == 429:
-        return UpstreamError(
-            Code.UPSTREAM_RATE_LIMITED, f"The upstream is rate limiting requests (429): {detail}"
-        )
-    return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream answered HTTP {status}: {detail}")
+        return UpstreamError(Code.UPSTREAM_RATE_LIMITED,
+                             "The upstream is rate limiting requests (HTTP 429).")
+    if status in (401, 403):
+        sentence = "The upstream refused the relay's credentials"
+    elif status == 404:
+        sentence = "The upstream does not offer this model or endpoint"
+    elif status == 413:
+        sentence = "The request is too large for the upstream"
+    elif 400 <= status < 500:
+        sentence = "The upstream rejected the request"
+    elif status >= 500:
+        sentence = "The upstream failed"
+    else:
+        sentence = "The upstream answered with an unexpected status"
+    return UpstreamError(Code.UPSTREAM_ERROR, f"{sentence} (HTTP {status}).")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _summary(body: Any) -> str:
+    """` (type=..., code=...)` from an OpenAI-style error body: machine words only, never its
+    message."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    words = [
+        f"{key}={value}" for key in ("type", "code")
+        if isinstance(value := error.get(key), str | int) and _TOKEN.fullmatch(str(value))
+    ]
+    return f" ({', '.join(words)})" if words else ""
 
 
 def _translate_sdk_error(exc: Exception) -> UpstreamError:
+    """The model list's failure, told like a stream's (the SDK's message is the upstream's)."""
     if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
         return UpstreamError(Code.UPSTREAM_TIMEOUT, "The upstream did not answer in time.")
     if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__ or exc
-        return UpstreamError(Code.UPSTREAM_UNREACHABLE, f"Could not reach the upstream: {cause}")
-    if isinstance(exc, openai.RateLimitError):
-        return UpstreamError(
-            Code.UPSTREAM_RATE_LIMITED, f"The upstream is rate limiting requests: {exc.message}"
-        )
+        log.warning("upstream unreachable: %r", str(exc.__cause__ or exc))
+        return UpstreamError(Code.UPSTREAM_UNREACHABLE, "Could not reach the upstream.")
     if isinstance(exc, openai.APIStatusError):
-        return UpstreamError(
-            Code.UPSTREAM_ERROR, f"The upstream answered HTTP {exc.status_code}: {exc.message}"
-        )
-    if isinstance(exc, openai.APIError):
-        return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream reported an error: {exc.message}")
-    log.warning("listing the upstream's models failed: %r", exc)
-    return UpstreamError(Code.UPSTREAM_ERROR, f"The upstream's model list failed: {exc}")
+        log.warning("upstream answered HTTP %d to the model list%s", exc.status_code,
+                    _summary(exc.body if isinstance(exc.body, dict) and "error" in exc.body
+                             else {"error": exc.body}))
+        return _status_sentence(exc.status_code)
+    log.warning("listing the upstream's models failed: %s", type(exc).__name__)
+    return UpstreamError(Code.UPSTREAM_ERROR, "The upstream's model list failed.")

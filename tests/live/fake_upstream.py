@@ -14,6 +14,11 @@ Models (`name` or `name:arg`):
 - `nul`: like `echo`, but every `_` of the message is sent as NUL (JSON's `\u0000`).
 - `finish-as-prompt`: like `echo`, but its finish_reason is the message itself.
 `models_failures` is how many of the next `GET /v1/models` answer HTTP 503.
+- `leaky:<code>` (hardening, issue 18): answers HTTP <code> with an error body naming an
+  organisation, a masked key and a request id (`LEAKS`), as real upstreams' errors do.
+- `leaky-event:<n>` (issue 18): sends n chunks, then a `data: {"error": ...}` event naming them.
+- `quiet-after-done` (issue 18): like `echo`, then after `data: [DONE]` nothing (not even the
+  body's last chunk) until the client goes away.
 Every request is recorded, with whether the client disconnected before the end.
 """
 
@@ -27,6 +32,12 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+# What the `leaky` models put in their error text; none of it may reach a user or a log.
+LEAKS = ("org-LeakyOrg4242", "sk-proj-****abcd", "req_leaky9f3e2")
+LEAKY_MESSAGE = (f"Incorrect API key provided: {LEAKS[1]}. You can find your API key at "
+                 f"https://platform.openai.com/account/api-keys.\nOrganization: {LEAKS[0]}, "
+                 f"request {LEAKS[2]}")
 
 MODELS = ["echo", "echo:30", "status:429", "status:500", "drop:3", "stall:2", "malformed:2"]
 
@@ -118,6 +129,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, call: UpstreamCall, request: dict[str, Any]) -> None:
         name, _, arg = call.model.partition(":")
+        if name in _HARDENING:
+            _HARDENING[name](self, call, request, arg)
+            return
         if name == "status":
             code = int(arg)
             kind = "rate_limit_exceeded" if code == 429 else "server_error"
@@ -345,3 +359,50 @@ def _soak_model(model: str) -> tuple[str, int, int, int]:
     if fault not in SOAK_FAULTS:
         raise ValueError(f"unknown soak fault {fault!r}")
     return fault, int(n), int(pieces), int(ms)
+
+
+# Issue 18 (hardening): the `leaky`, `leaky-event` and `quiet-after-done` models.
+
+def _leaky(handler: _Handler, call: UpstreamCall, request: dict[str, Any], arg: str) -> None:
+    error = {"message": LEAKY_MESSAGE, "type": "invalid_request_error", "param": None,
+             "code": "invalid_api_key"}
+    handler._json(int(arg), {"error": error})
+
+
+def _leaky_event(handler: _Handler, call: UpstreamCall, request: dict[str, Any],
+                 arg: str) -> None:
+    _echo_head(handler)
+    for piece in _pieces(call)[: int(arg)]:
+        handler._event({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        call.chunks_sent += 1
+    handler._event({"error": {"message": LEAKY_MESSAGE, "type": "server_error",
+                              "code": "internal_error"}})
+    handler._chunk(b"")
+
+
+def _quiet_after_done(handler: _Handler, call: UpstreamCall, request: dict[str, Any],
+                      arg: str) -> None:
+    _echo_head(handler)
+    for piece in _pieces(call):
+        handler._event({"choices": [{"index": 0, "delta": {"content": piece}}]})
+        call.chunks_sent += 1
+    handler._event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    handler._chunk(b"data: [DONE]\n\n")
+    call.completed = True
+    call.disconnected = handler._wait_for_disconnect(timeout=120)
+    handler.close_connection = True
+
+
+def _echo_head(handler: _Handler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+
+def _pieces(call: UpstreamCall) -> list[str]:
+    text = next((m["content"] for m in reversed(call.messages) if m["role"] == "user"), "")
+    return [text[i : i + 3] for i in range(0, len(text), 3)]
+
+
+_HARDENING = {"leaky": _leaky, "leaky-event": _leaky_event, "quiet-after-done": _quiet_after_done}

@@ -265,7 +265,7 @@ def test_markdown_is_sanitised_and_code_is_highlighted_with_a_copy_button(
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("status:500", "injected 500"),
+        ("status:500", "The upstream failed (HTTP 500)"),
         ("status:429", "rate limiting"),
     ],
 )

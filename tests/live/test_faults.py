@@ -22,7 +22,7 @@ FAULTS = [
     ("drop:3", "upstream_disconnected", "", 3),
     ("stall:2", "upstream_timeout", "3 seconds", 2),
     ("malformed:2", "upstream_bad_response", "malformed", 2),
-    ("error-event:2", "upstream_error", "injected mid-stream error", 2),
+    ("error-event:2", "upstream_error", "reported an error mid-answer", 2),
     ("truncated:2", "upstream_disconnected", "before it finished", 2),
 ]
 
