@@ -197,3 +197,23 @@ def test_a_request_the_upstream_read_is_never_sent_again(
     assert server.requests == [1, 1]
     assert _exchange(endpoint) == b"2"  # the next request, on a fresh connection
     assert server.requests == [1, 1, 2]
+
+
+@pytest.mark.parametrize(("bad", "before"), [
+    (b"-2\r\n", b""), (b"zz\r\n", b""), (b"2\r\nokXX", b"ok"),  # a chunk's payload, then no CRLF
+], ids=["size", "hex", "crlf"])
+def test_the_answer_before_bad_framing_is_read_then_the_error(
+    serve: Callable[[list[bytes]], tuple[_Server, Endpoint]], bad: bytes, before: bytes,
+) -> None:
+    # Good chunks and a bad one in one read: what the upstream sent before the fault is part of
+    # its answer (stored, shown), and only the next read fails.
+    server, endpoint = serve([_CHUNKED + b"5\r\nhello\r\n6\r\n world\r\n" + bad, OK_2])
+    response = endpoint.post(b"{}")
+    try:
+        assert response.read() == b"hello world" + before
+        with pytest.raises(ProtocolError):
+            response.read()
+    finally:
+        endpoint.release(response)
+    assert _exchange(endpoint) == b"2"
+    assert server.requests == [1, 2]

@@ -45,13 +45,14 @@ class Response:
     """A response's status and framing; `read()` returns its body's bytes as they arrive."""
 
     __slots__ = ("conn", "status", "chunked", "length", "keep_alive", "complete", "_pending",
-                 "_left", "_trailing", "_nowait")
+                 "_left", "_trailing", "_nowait", "_broken")
 
     def __init__(self, conn: Source, received: bytes) -> None:
         """The response whose first bytes are `received`: reads the rest of its head."""
         self.conn = conn
         self._nowait = False
         self._trailing = False  # bytes came after the response's end
+        self._broken: ProtocolError | None = None  # met after bytes still to be returned
         while True:
             head, received = self._head(received)
             version, status, fields = _parse_head(head)
@@ -83,6 +84,8 @@ class Response:
         """The body's next bytes as they arrive, b"" once it has all been read."""
         if self.complete:
             return b""
+        if self._broken is not None:
+            raise self._broken
         if self.chunked:
             return self._read_chunked()
         data, self._pending = self._pending or self._recv(), b""
@@ -136,34 +139,17 @@ class Response:
         payload: list[bytes] = []
         while True:
             end = len(pending)
-            while at < end:
-                if left > 2:
-                    take = min(left - 2, end - at)
-                    payload.append(pending[at : at + take])
-                    at += take
-                    left -= take
-                elif left == 2 and pending.startswith(b"\r\n", at):  # the chunk's CRLF
-                    at += 2
-                    left = 0
-                elif left:  # the chunk's CRLF, split between reads
-                    skipped = min(left, end - at)
-                    if pending[at : at + skipped] != b"\r\n"[2 - left : 2 - left + skipped]:
-                        raise ProtocolError("a chunk not followed by CRLF")
-                    at += skipped
-                    left -= skipped
-                else:
-                    line_end = pending.find(b"\n", at)
-                    if line_end < 0:
-                        if end - at > _MAX_CHUNK_LINE:
-                            raise ProtocolError("a chunk header without its end")
-                        break
-                    size = _chunk_size(pending[at:line_end])
-                    at = line_end + 1
-                    if size == 0:
-                        self._trailing = bool(self._skip_trailers(pending[at:]))
-                        self.complete, self._pending = True, b""
-                        return b"".join(payload)
-                    left = size + 2
+            try:
+                at, left = self._decode(pending, at, end, left, payload)
+            except ProtocolError as exc:
+                if not payload:
+                    raise
+                # What came before the bad framing is the upstream's answer: returned now, the
+                # error at the next read.
+                self._broken, self._pending = exc, b""
+                return b"".join(payload)
+            if self.complete:
+                return b"".join(payload)
             pending, at = pending[at:], 0
             if payload:
                 self._pending, self._left = pending, left
@@ -172,6 +158,41 @@ class Response:
             if not received:
                 raise ConnectionError("the upstream closed the connection mid-body")
             pending += received
+
+    def _decode(
+        self, pending: bytes, at: int, end: int, left: int, payload: list[bytes]
+    ) -> tuple[int, int]:
+        """Walk `pending` from `at`, appending chunk payload; returns where it stopped and what
+        is left of the current chunk (sets `complete` at the last chunk)."""
+        while at < end:
+            if left > 2:
+                take = min(left - 2, end - at)
+                payload.append(pending[at : at + take])
+                at += take
+                left -= take
+            elif left == 2 and pending.startswith(b"\r\n", at):  # the chunk's CRLF
+                at += 2
+                left = 0
+            elif left:  # the chunk's CRLF, split between reads
+                skipped = min(left, end - at)
+                if pending[at : at + skipped] != b"\r\n"[2 - left : 2 - left + skipped]:
+                    raise ProtocolError("a chunk not followed by CRLF")
+                at += skipped
+                left -= skipped
+            else:
+                line_end = pending.find(b"\n", at)
+                if line_end < 0:
+                    if end - at > _MAX_CHUNK_LINE:
+                        raise ProtocolError("a chunk header without its end")
+                    break
+                size = _chunk_size(pending[at:line_end])
+                at = line_end + 1
+                if size == 0:
+                    self._trailing = bool(self._skip_trailers(pending[at:]))
+                    self.complete, self._pending = True, b""
+                    return at, 0
+                left = size + 2
+        return at, left
 
     def _skip_trailers(self, pending: bytes) -> bytes:
         """Read the trailer section after the last chunk, up to its blank line; the bytes after
