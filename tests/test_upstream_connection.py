@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import gevent
 import pytest
 
 from relay.upstream import ChatRequest, UpstreamError
@@ -305,3 +306,35 @@ def test_a_stream_closed_before_its_first_item_closes_the_upstream_call() -> Non
     assert _until(lambda: len(upstream.requests) == 2)
     chunks.close()
     assert _until(lambda: upstream.hangups == 1)
+
+
+@pytest.mark.parametrize("late_bytes", [True, False], ids=["arrived-unread", "silent"])
+def test_only_a_silent_upstream_is_closed_not_a_late_reader(late_bytes: bool) -> None:
+    # A worker busy elsewhere for longer than the read timeout must not turn bytes that have
+    # arrived into `upstream_timeout`; an upstream that really sent nothing is closed.
+    listener = socket.create_server(("127.0.0.1", 0))
+    _opened.append(listener)
+
+    def serve() -> None:
+        client, _ = listener.accept()
+        with client:
+            next(_requests(client))
+            client.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")
+            time.sleep(0.2)
+            if late_bytes:
+                client.sendall(b"ok")
+            time.sleep(3)
+
+    threading.Thread(target=serve, daemon=True).start()
+    endpoint = Endpoint("127.0.0.1", listener.getsockname()[1], "/v1/chat/completions", {},
+                        https=False, connect_timeout=5, read_timeout=0.3)
+    response = endpoint.post(b"{}")
+    assert response.read() == b"ok"
+    time.sleep(1.0)  # the worker busy: no greenlet runs, the bytes arrive unread
+    gevent.sleep(0.5)  # the watchdog's turn
+    if late_bytes:
+        assert response.read() == b"ok"
+    else:
+        with pytest.raises(TimeoutError):
+            response.read()
+    endpoint.close_idle()

@@ -13,6 +13,7 @@ upstream may have seen it, and would bill it twice).
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import time
@@ -71,6 +72,16 @@ class Connection:
             return None
         finally:
             self.sock.settimeout(None)
+
+    def waiting(self) -> bool:
+        """Bytes (or the peer's close) are here to be read: the connection is not silent, its
+        reader is late (a worker busy elsewhere)."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
 
     def quiet(self) -> bool:
         """Nothing to read: neither the peer's close nor bytes that no request asked for."""
@@ -232,7 +243,8 @@ class Endpoint:
         while self._active:
             gevent.sleep(tick)
             now = time.monotonic()
-            for conn in [c for c in self._active if now - c.last_read > self.read_timeout]:
+            for conn in [c for c in self._active
+                         if now - c.last_read > self.read_timeout and not c.waiting()]:
                 conn.silent = True
                 self._active.discard(conn)
                 conn.close()
