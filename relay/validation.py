@@ -1,5 +1,8 @@
 """Turn a request body into a validated NewTicket (from `POST /new` or an OpenAI-style chat
-completion request) or a JSON object, or a clear 400/413/415."""
+completion request) or a JSON object, or a clear 400/413/415.
+
+Over 300 lines: the two request shapes share every field rule and limit (sizes, NUL, numbers,
+message caps), and one place to read them is what keeps their errors the same."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ and parsed from raw bytes: through the SDK and its httpx2 layers it cost more CP
 relay's other work, before the first token and per token (bench/README.md has the history).
 Callers see only Delta, Finish and UpstreamError. Timeouts are ours and nothing is retried once
 the upstream may have seen the request: a retried streaming call would pay for the tokens twice.
+Just over 300 lines: the upstream's failures and the sentences users get for them stay next to
+the stream that meets them.
 """
 
 from __future__ import annotations
