@@ -1,8 +1,11 @@
-"""`GET /healthz` (liveness and database readiness) and `GET /metrics` (Prometheus)."""
+"""`GET /healthz` (liveness and database readiness), `GET /metrics` (Prometheus) and
+`GET /openapi.json` (the HTTP API's OpenAPI document, shipped in the package)."""
 
 from __future__ import annotations
 
 import logging
+from functools import cache
+from importlib.resources import files
 
 from flask import Blueprint, Response, jsonify
 
@@ -35,3 +38,14 @@ def prometheus_metrics() -> Response:
     """Prometheus metrics summed over every worker."""
     body, content_type = metrics.render()
     return Response(body, content_type=content_type)
+
+
+@bp.get("/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3.1 document of relay's HTTP API (tests/test_openapi.py keeps it true)."""
+    return Response(_openapi_bytes(), content_type="application/json")
+
+
+@cache
+def _openapi_bytes() -> bytes:
+    return files("relay").joinpath("openapi.json").read_bytes()
