@@ -10,13 +10,11 @@ prints a curl command that reproduces it.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from importlib.resources import files
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import requests
 import schemathesis
@@ -31,7 +29,6 @@ from schemathesis.checks import (  # type: ignore[attr-defined]
 from relay.errors import ErrorCode
 
 from ..helpers import new_ticket, read_stream, text_of
-from .conftest import POSTGRES_URL, upgrade_database
 from .relay_server import RelayServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,8 +39,8 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-EXAMPLES_PER_OPERATION = 25
-STATEFUL_SCENARIOS = 30
+EXAMPLES_PER_OPERATION = 200
+STATEFUL_SCENARIOS = 150
 STATEFUL_STEPS = 6
 # The mock answers at once: a response not over within this many seconds never ends (an event
 # stream is cut there, and fails `assert_stream_ended`).
@@ -65,28 +62,16 @@ schema = schemathesis.openapi.from_path(
     scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 )
 def fuzzed_relay(
-    request: pytest.FixtureRequest, start_relay: Callable[..., RelayServer],
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, start_relay: Callable[..., RelayServer]
 ) -> Iterator[RelayServer]:
     """A relay of its own (a fuzzed store is no other test's) on the built-in mock, with its
     store on SQLite or on a new PostgreSQL database (which refuses what SQLite takes: NUL)."""
     env = {"RELAY_DEFAULT_MODEL": "mock-echo"}
-    if request.param == "sqlite":
-        yield start_relay(env)
-        return
-    name = f"relay_fuzz_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-        upgraded = upgrade_database(url, tmp_path_factory.mktemp("fuzz-migrate"))
-        assert upgraded.returncode == 0, upgraded.stderr
-        server = start_relay({**env, "DATABASE_URL": url})
-        yield server
-        server.stop()
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    if request.param == "postgresql":
+        env["DATABASE_URL"] = request.getfixturevalue("migrated_postgres")
+    server = start_relay(env)
+    yield server
+    server.stop()  # before its database is dropped
 
 
 @pytest.fixture(scope="module")
