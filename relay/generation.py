@@ -273,12 +273,8 @@ class Producer:
         writes again (the ticket's lease is no longer renewed)."""
         log.warning("ticket %s: its end could not be stored (%s); its readers here end it",
                     self.ticket_id, code)
-        live = self.log
-        del live.frames[live.visible - live.dropped :]  # never committed, never sent
-        done = _failed(code, "The answer could not be stored.")
-        live.append(sse.encode(done.done_payload(), event="done", id=live.visible + 1))
-        live.commit(live.visible + 1)
-        live.has_done = True
+        payload = _failed(code, "The answer could not be stored.").done_payload()
+        self.log.end_here(lambda seq: sse.encode(payload, event="done", id=seq))
 
 
 def _failed(code: ErrorCode, message: str) -> Outcome:

@@ -3,6 +3,7 @@ readers here stream from without a database read. Must not know the store or HTT
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Committed frames a LiveLog keeps for readers that are behind (it holds up to twice this many);
@@ -51,3 +52,11 @@ class LiveLog:
         if excess >= KEEP_COMMITTED:
             del self.frames[:excess]
             self.dropped += excess
+
+    def end_here(self, done_frame_of: Callable[[int], bytes]) -> None:
+        """End after the last committed event with a `done` nobody stored (the store refused
+        it): frames never committed are dropped, never sent."""
+        del self.frames[self.visible - self.dropped :]
+        self.append(done_frame_of(self.visible + 1))
+        self.commit(self.visible + 1)
+        self.has_done = True
