@@ -1,15 +1,15 @@
 """The SQLAlchemy and Alembic extension singletons, whether the store's schema is current, and
 SQLite connection tuning.
 
-Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL
-and a short busy timeout, and callers keep transactions tiny. `synchronous` is a setting: FULL
-(the default) syncs the WAL at every commit but the writer's chunk commits (`sql.Transaction`'s
-`synced=False`), so answered tickets and finished answers survive an OS crash; NORMAL syncs
-only at checkpoints. `storage_failure` tells a store that refuses writes (a full disk, an
-I/O error, a locked or unreachable database) from a bug. In a gevent
-worker the WAL is checkpointed every second, mostly by a native thread from gevent's pool: a
-checkpoint copies megabytes into the database file, and SQLite's automatic one would do it inside
-whichever commit crossed the threshold, stalling every stream of the worker.
+Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL and
+a short busy timeout, and callers keep transactions tiny. `synchronous` is a setting: with `full`
+(the default) a ticket's creation and its end are fsynced before anyone hears of them, off the event
+loop (`sql.Transaction`'s `durable`), so answered tickets and finished answers survive an OS crash;
+`normal` syncs only at checkpoints. `storage_failure` tells a store that refuses writes (a full
+disk, an I/O error, a locked or unreachable database) from a bug. In a gevent worker the WAL is
+checkpointed every second, mostly by a native thread from gevent's pool: a checkpoint copies
+megabytes into the database file, and SQLite's automatic one would do it inside whichever commit
+crossed the threshold, stalling every stream of the worker.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
 
+from . import sql
 from .errors import ErrorCode
 
 
@@ -57,16 +58,17 @@ _checkpointers: dict[int, gevent.Greenlet] = {}
 
 
 def tune_sqlite(engine: Engine, synchronous: str = "full") -> None:
-    """Make every new SQLite connection use WAL, `synchronous` (full or normal) and a busy
-    timeout."""
+    """Make every new SQLite connection use WAL, commits that wait for no fsync, and a busy
+    timeout; with `synchronous` full, durable transactions sync the WAL (`sql.sync_commits`)."""
     path = engine.url.database
-    synchronous = {"full": "FULL", "normal": "NORMAL"}[synchronous]
+    if synchronous == "full" and path and path != ":memory:":
+        sql.sync_commits(engine, path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         if path and path != ":memory:" and gevent.monkey.is_module_patched("socket"):

@@ -9,36 +9,45 @@ SQLite connections are kept here, out of SQLAlchemy's pool, whose checkout and c
 gevent's locks) cost more than the claim statement itself. A SQLite transaction never yields,
 so a worker rarely holds more than one; PostgreSQL connections stay in the pool, which pings
 them before reuse.
+
+Durability: SQLite connections commit with `synchronous=NORMAL`, which never waits for the disk,
+and a `durable=True` transaction (a ticket created or ended) then fsyncs the WAL in gevent's
+threadpool before it returns (`sync_commits`). That is what FULL does, but FULL's fsync runs
+inside the commit and stalls every greenlet of the worker; off the loop, the other streams go
+on, and fsyncs that overlap are served by one flush of the disk.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import gevent
+import gevent.lock
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 _MAX_IDLE = 8
-_FULL = 2  # PRAGMA synchronous's value for FULL
 _idle: weakref.WeakKeyDictionary[Engine, list[Any]] = weakref.WeakKeyDictionary()
+_wal_of: weakref.WeakKeyDictionary[Engine, _WalSync] = weakref.WeakKeyDictionary()
 
 
 class Transaction:
     """`with Transaction(engine) as tx:` commits when the block ends, rolls back on an error.
 
-    `synced=False` (the writer's chunks): on SQLite with `synchronous=FULL` this commit is made
-    with NORMAL, so it waits for no fsync; the next synced commit (a ticket created or ended)
-    syncs the WAL with it. An OS crash can then lose only chunks of an answer still running.
+    With `durable=True` the commit is on disk when the block is left (on SQLite, when the
+    engine's commits are synced: `sync_commits`); the WAL being a log, that syncs every commit
+    before it too.
     """
 
-    __slots__ = ("_connection", "_cursor", "_paramstyle", "_idle", "_resync")
+    __slots__ = ("_connection", "_cursor", "_paramstyle", "_idle", "_wal")
 
-    def __init__(self, engine: Engine, synced: bool = True) -> None:
+    def __init__(self, engine: Engine, durable: bool = False) -> None:
         self._idle = _idle.get(engine) if engine.dialect.name == "sqlite" else None
         if self._idle is None:
             self._connection = engine.raw_connection()  # back to the pool on close
@@ -48,11 +57,7 @@ class Transaction:
             self._connection = _detached(engine)
         self._cursor = self._connection.cursor()
         self._paramstyle = engine.dialect.paramstyle
-        self._resync = False
-        if not synced and engine.dialect.name == "sqlite":
-            self._resync = self._cursor.execute("PRAGMA synchronous").fetchone()[0] == _FULL
-            if self._resync:
-                self._cursor.execute("PRAGMA synchronous=NORMAL")
+        self._wal = _wal_of.get(engine) if durable else None
 
     def __enter__(self) -> Transaction:
         return self
@@ -65,11 +70,11 @@ class Transaction:
         try:
             if exc_type is None:
                 self._connection.commit()
+                kept = self._idle is not None and len(self._idle) < _MAX_IDLE
+                if self._wal is not None:
+                    self._wal.sync()
             else:
                 self._connection.rollback()
-            if self._resync:
-                self._cursor.execute("PRAGMA synchronous=FULL")
-            kept = exc_type is None and self._idle is not None and len(self._idle) < _MAX_IDLE
         finally:
             if kept:
                 self._idle.append(self._connection)  # type: ignore[union-attr]
@@ -95,6 +100,43 @@ def keep_sqlite_connections(engine: Engine) -> None:
     def _close_idle(_engine: Engine) -> None:
         while idle:
             idle.pop().close()
+
+
+def sync_commits(engine: Engine, database_path: str) -> None:
+    """Durable transactions on this SQLite engine fsync its WAL file after committing."""
+    _wal_of[engine] = _WalSync(database_path + "-wal")
+
+
+class _WalSync:
+    """Group commit: one fsync of the WAL at a time in this process, in gevent's threadpool; a
+    commit waits for the first fsync that started after it, so commits that land during an
+    fsync share the next one."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.committed = 0  # durable commits made in this process
+        self.synced = 0  # of those, the ones an fsync has covered
+        self._one_at_a_time: gevent.lock.Semaphore | None = None  # made in the worker, not before
+
+    def sync(self) -> None:
+        self.committed += 1
+        mine = self.committed
+        if self._one_at_a_time is None:
+            self._one_at_a_time = gevent.lock.Semaphore()
+        with self._one_at_a_time:
+            if self.synced >= mine:
+                return
+            covers = self.committed  # every one of these is in the WAL file already
+            gevent.get_hub().threadpool.apply(_fsync, (self.path,))
+            self.synced = covers
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _detached(engine: Engine) -> Any:

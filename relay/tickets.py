@@ -129,7 +129,7 @@ def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
         turn = conversations.plan_turn(new_id(), True, spec)
     ticket_id = new_id()
     now = time.time()
-    with sql.Transaction(db.engine) as tx:
+    with sql.Transaction(db.engine, durable=True) as tx:
         if turn.is_new:
             conversations.create_conversation(tx, turn, owner, now)
         # The ticket first: a turn that lost the race to another ends here, before it wrote.
@@ -318,7 +318,7 @@ def _finish(
     ]
     if holder is not None:
         params.append(holder)
-    with sql.Transaction(db.engine) as tx:
+    with sql.Transaction(db.engine, durable=True) as tx:
         claimed = tx.execute(statement, params).fetchone()
         if claimed is None:
             return None

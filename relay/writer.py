@@ -207,7 +207,7 @@ class BatchWriter:
         self, batch: dict[str, list[StoredEvent]], renew: bool, poll: bool
     ) -> dict[str, Verdict]:
         me = worker_id()
-        with sql.Transaction(self.engine, synced=False) as tx:
+        with sql.Transaction(self.engine) as tx:
             # A claim can only be lost after this worker missed renewing it for a whole lease,
             # and then a renewal is due: checking at renewal time is enough. The renewal counts
             # the claims still held and not cancelled; only a shortfall needs a look at each.
@@ -232,7 +232,7 @@ class BatchWriter:
         items = list(batch.items())
         for index, (tid, stored) in enumerate(items):
             try:
-                with sql.Transaction(self.engine, synced=False) as tx:
+                with sql.Transaction(self.engine) as tx:
                     events.insert_events(tx, events.event_rows(tid, stored))
             except self.engine.dialect.loaded_dbapi.IntegrityError:
                 log.warning("ticket %s is gone from the store; its producer stops", tid)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import gevent
 import pytest
 from flask import Flask
 from sqlalchemy import exc, text
@@ -21,42 +22,80 @@ from relay.errors import ErrorCode
 
 from .helpers import assert_error_shape
 
-FULL, NORMAL = 2, 1  # PRAGMA synchronous
+
+def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files fsynced from now on (by any thread)."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    return synced
 
 
-def _synchronous(app: Flask) -> tuple[int, int]:
-    """PRAGMA synchronous on a SQLAlchemy connection and on a hot-path transaction's."""
+def _new_ticket(app: Flask) -> None:
+    response = app.test_client().post("/new", json={"prompt": "keep me"})
+    assert response.status_code == 201
+
+
+def test_an_answered_ticket_is_on_disk_by_default(
+    app: Flask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ticket answered 201 must survive an OS crash: its commit's WAL is fsynced first.
+    synced = _fsyncs(monkeypatch)
+    _new_ticket(app)
+    assert synced == [str(tmp_path / "relay.db-wal")]
+
+
+def test_only_durable_commits_wait_for_the_disk(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks, claims and reads commit without an fsync (the next durable commit, or a
+    # checkpoint, syncs them); a rolled-back durable transaction syncs nothing.
+    synced = _fsyncs(monkeypatch)
     with app.app_context():
-        with db.engine.connect() as conn:
-            orm = conn.execute(text("PRAGMA synchronous")).scalar_one()
         with sql.Transaction(db.engine) as tx:
-            hot = tx.execute("PRAGMA synchronous").fetchone()[0]
-    return orm, hot
-
-
-def test_commits_survive_an_os_crash_by_default(app: Flask) -> None:
-    # A ticket answered 201 must survive an OS crash: the WAL is synced at every commit.
-    assert _synchronous(app) == (FULL, FULL)
-
-
-def test_the_writers_chunks_wait_for_no_fsync_and_the_connection_syncs_again(app: Flask) -> None:
-    # The writer's chunk commits are NORMAL; a ticket's creation and end stay FULL (which syncs
-    # the WAL, chunks included), and the kept connection is FULL again for the next caller.
-    with app.app_context():
-        with sql.Transaction(db.engine, synced=False) as tx:
-            assert tx.execute("PRAGMA synchronous").fetchone()[0] == NORMAL
-        with pytest.raises(RuntimeError), sql.Transaction(db.engine, synced=False):
+            tx.execute("SELECT 1")
+        with pytest.raises(RuntimeError), sql.Transaction(db.engine, durable=True):
             raise RuntimeError("rolled back")
-        for _ in range(3):  # every kept connection
-            with sql.Transaction(db.engine) as tx:
-                assert tx.execute("PRAGMA synchronous").fetchone()[0] == FULL
+        assert synced == []
+        with sql.Transaction(db.engine, durable=True) as tx:
+            tx.execute("SELECT 1")
+        assert len(synced) == 1
+        with db.engine.connect() as conn:  # no commit waits for fsync inside SQLite
+            assert conn.execute(text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
 
 
-def test_normal_synchronous_is_a_setting(tmp_path: Path, migrated_store: Path) -> None:
+def test_durable_commits_that_meet_share_one_fsync(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten tickets committed while an fsync runs wait for the next one: two fsyncs, not ten.
+    synced = _fsyncs(monkeypatch)
+
+    with app.app_context():
+        engine = db.engine
+
+    def durable_commit() -> None:
+        with sql.Transaction(engine, durable=True) as tx:
+            tx.execute("SELECT 1")
+
+    with app.app_context():
+        gevent.joinall([gevent.spawn(durable_commit) for _ in range(10)], raise_error=True)
+    assert len(synced) == 2
+
+
+def test_normal_synchronous_is_a_setting(
+    tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "relay.db").write_bytes(migrated_store.read_bytes())
     app = create_app({"INSTANCE_PATH": str(tmp_path), "SQLITE_SYNCHRONOUS": "normal"})
     try:
-        assert _synchronous(app) == (NORMAL, NORMAL)
+        synced = _fsyncs(monkeypatch)
+        _new_ticket(app)
+        assert synced == []
     finally:
         with app.app_context():
             db.engine.dispose()
