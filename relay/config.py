@@ -120,10 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
             "one transaction; an idle writer commits at once. Chunks reach readers only once "
             "committed."),
     Setting("RELAY_SQLITE_SYNCHRONOUS", "SQLITE_SYNCHRONOUS", "full", _choice("full", "normal"),
-            "How hard a SQLite commit holds: `full` (a ticket answered `201` and every finished "
-            "answer survive an OS crash or power cut; an answer still running may lose its "
-            "last chunks and end failed) or `normal` (faster, still safe against the relay's "
-            "own crashes, but an OS crash may lose the last commits)."),
+            "How hard a SQLite commit holds: `full` (a ticket answered `201` survives an OS "
+            "crash or power cut; answers written in the last second may be cut short and end "
+            "failed) or `normal` (faster for many short answers; an OS crash may also lose "
+            "tickets answered in the last second). A relay crash loses nothing either way."),
     Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),
             "How often a reader on another worker checks the database for new events when "
             "Redis is not configured."),

@@ -3,8 +3,8 @@ SQLite connection tuning.
 
 Must not know HTTP. SQLite calls block every greenlet of a gevent worker, so connections use WAL and
 a short busy timeout, and callers keep transactions tiny. `synchronous` is a setting: with `full`
-(the default) a ticket's creation and its end are fsynced before anyone hears of them, off the event
-loop (`sql.Transaction`'s `durable`), so answered tickets and finished answers survive an OS crash;
+(the default) a ticket's creation is fsynced before it is answered, off the event loop
+(`sql.Transaction`'s `durable`), so an answered ticket survives an OS crash;
 `normal` syncs only at checkpoints. `storage_failure` tells a store that refuses writes (a full
 disk, an I/O error, a locked or unreachable database) from a bug. In a gevent worker the WAL is
 checkpointed every second, mostly by a native thread from gevent's pool: a checkpoint copies

@@ -11,7 +11,7 @@ so a worker rarely holds more than one; PostgreSQL connections stay in the pool,
 them before reuse.
 
 Durability: SQLite connections commit with `synchronous=NORMAL`, which never waits for the disk,
-and a `durable=True` transaction (a ticket created or ended) then fsyncs the WAL in gevent's
+and a `durable=True` transaction (a ticket created) then fsyncs the WAL in gevent's
 threadpool before it returns (`sync_commits`). That is what FULL does, but FULL's fsync runs
 inside the commit and stalls every greenlet of the worker; off the loop, the other streams go
 on, and fsyncs that overlap are served by one flush of the disk.

@@ -318,7 +318,7 @@ def _finish(
     ]
     if holder is not None:
         params.append(holder)
-    with sql.Transaction(db.engine, durable=True) as tx:
+    with sql.Transaction(db.engine) as tx:
         claimed = tx.execute(statement, params).fetchone()
         if claimed is None:
             return None

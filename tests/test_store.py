@@ -53,7 +53,7 @@ def test_an_answered_ticket_is_on_disk_by_default(
 def test_only_durable_commits_wait_for_the_disk(
     app: Flask, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Chunks, claims and reads commit without an fsync (the next durable commit, or a
+    # Chunks, claims, ends and reads commit without an fsync (the next durable commit, or a
     # checkpoint, syncs them); a rolled-back durable transaction syncs nothing.
     synced = _fsyncs(monkeypatch)
     with app.app_context():
