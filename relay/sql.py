@@ -134,7 +134,7 @@ class _WalSync:
 def _fsync(path: str) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(descriptor)
+        os.fdatasync(descriptor)  # as SQLite syncs: the data, and the size if it grew
     finally:
         os.close(descriptor)
 

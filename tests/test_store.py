@@ -26,13 +26,13 @@ from .helpers import assert_error_shape
 def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The files fsynced from now on (by any thread)."""
     synced: list[str] = []
-    real_fsync = os.fsync
+    real_fdatasync = os.fdatasync
 
     def recording(descriptor: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
-        real_fsync(descriptor)
+        real_fdatasync(descriptor)
 
-    monkeypatch.setattr(os, "fsync", recording)
+    monkeypatch.setattr(os, "fdatasync", recording)
     return synced
 
 
