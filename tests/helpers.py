@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -85,3 +90,20 @@ def upstream_request(app: Flask, ticket_id: str) -> dict[str, Any]:
             assert peek.request is not None
             return peek.request
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def wal_cannot_grow(app: Flask) -> Iterator[None]:
+    """A real write failure for the next commit: the process may not grow any file (the WAL
+    grows at every commit here), so SQLite's write fails and the commit raises, as on a disk
+    that filled up."""
+    with app.app_context():
+        wal = f"{db.engine.url.database}-wal"
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal), limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, previous)

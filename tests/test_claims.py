@@ -3,12 +3,7 @@ fails closing the upstream call it started (real SQLite)."""
 
 from __future__ import annotations
 
-import os
-import resource
-import signal
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -17,6 +12,8 @@ from flask import Flask
 from relay import generation, tickets
 from relay.db import db
 from relay.validation import NewTicket
+
+from .helpers import wal_cannot_grow
 
 _CLAIM_BEHIND_ITS_BACK = "UPDATE tickets SET status = 'running' WHERE id = ? AND status = 'pending'"
 
@@ -98,29 +95,13 @@ class _Upstream:
         return self.calls[-1]
 
 
-@contextmanager
-def _wal_cannot_grow(app: Flask) -> Iterator[None]:
-    """A real write failure for the next commit: the process may not grow any file (the WAL
-    grows at every commit here), so SQLite's write fails and the commit raises."""
-    with app.app_context():
-        wal = f"{db.engine.url.database}-wal"
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal), limits[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def test_a_claim_whose_commit_fails_closes_its_upstream_call_and_stays_pending(
     app: Flask,
 ) -> None:
     ticket_id = _pending_ticket(app)
     upstream = app.extensions["relay"].upstream = _Upstream()
     with app.app_context():
-        with _wal_cannot_grow(app), pytest.raises(sqlite3.OperationalError):
+        with wal_cannot_grow(app), pytest.raises(sqlite3.OperationalError):
             generation.claim_and_start(app, ticket_id, "owner")
         assert len(upstream.calls) == 1 and upstream.calls[0].closed
         assert generation.live_log(ticket_id) is None

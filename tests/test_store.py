@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import gevent
@@ -20,7 +17,7 @@ from relay import db as store
 from relay.db import db
 from relay.errors import ErrorCode
 
-from .helpers import assert_error_shape
+from .helpers import assert_error_shape, wal_cannot_grow
 
 
 def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -116,25 +113,10 @@ def test_a_full_store_is_told_apart_from_a_bug(tmp_path: Path) -> None:
     assert store.storage_failure(ValueError("a bug")) is None
 
 
-@contextmanager
-def _files_cannot_grow(app: Flask) -> Iterator[None]:
-    """Every write that grows a file fails (as on a disk that filled up): SQLite's I/O error."""
-    with app.app_context():
-        wal = f"{db.engine.url.database}-wal"
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(wal), limits[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, previous)
-
-
 def test_a_store_refusing_writes_answers_503_and_recovers(app: Flask) -> None:
     client = app.test_client()
     assert client.post("/new", json={"prompt": "before"}).status_code == 201
-    with _files_cannot_grow(app):
+    with wal_cannot_grow(app):
         refused = client.post("/new", json={"prompt": "x" * 20_000})
     assert_error_shape(refused, 503, "database_unavailable")
     assert refused.headers["Retry-After"]
