@@ -42,10 +42,10 @@ _INSERT_TICKET = (
     "INSERT INTO tickets (id, owner, conversation_id, request, model, status, last_seq, "
     "cancel_requested, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
 )
-_PENDING_CONVERSATION = (
-    "SELECT conversation_id FROM tickets WHERE id = ? AND owner = ? AND status = 'pending'"
+_PENDING_REQUEST = (
+    "SELECT conversation_id, request FROM tickets "
+    "WHERE id = ? AND owner = ? AND status = 'pending'"
 )
-_STORED_OPTIONS = "SELECT request FROM tickets WHERE id = ?"
 _CLAIM_TICKET = (
     "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
     "WHERE id = ? AND owner = ? AND status = 'pending'"
@@ -235,12 +235,11 @@ def _request_if_pending(ticket_id: str, owner: str) -> dict[str, Any] | None:
     """What the ticket sends upstream, read in a transaction of its own (it writes nothing);
     None unless it is `owner`'s and pending."""
     with sql.Transaction(db.engine) as tx:
-        row = tx.execute(_PENDING_CONVERSATION, (ticket_id, owner)).fetchone()
-        stored = None if row is None else tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()
-        if stored is None:  # not a pending ticket of `owner` (or deleted meanwhile)
+        row = tx.execute(_PENDING_REQUEST, (ticket_id, owner)).fetchone()
+        if row is None:  # not a pending ticket of `owner` (or deleted meanwhile)
             return None
         cap = current_app.config["MAX_HISTORY_MESSAGES"]
-        return conversations.upstream_request(tx, row[0], sql.json_value(stored[0]), cap)
+        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap)
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
