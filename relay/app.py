@@ -10,15 +10,15 @@ from typing import Any
 import orjson
 from dotenv import load_dotenv
 from flask import Flask
-from flask_cors import CORS
 from flask.json.provider import DefaultJSONProvider
+from flask_cors import CORS
 
 from . import logs, sql
 from .broker import Broker
 from .config import ConfigError, default_instance_path, load_config
+from .cookies import IdentityCookie
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
 from .errors import register_error_handlers
-from .cookies import IdentityCookie
 from .identity import AuthMode, check_access
 from .signin import SignInLimiter
 from .state import RelayState
