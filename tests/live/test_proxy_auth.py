@@ -67,6 +67,8 @@ def test_the_proxy_names_the_user_and_their_tickets_are_theirs(proxy_relay: Rela
             assert_error_shape(response, 401, "unauthenticated")
         refused = nobody.get("/auth/me")
         assert refused.status_code == 401 and refused.json()["auth"] == "proxy", refused.text
+    with as_user(proxy_relay, "not a user name!") as odd:
+        assert_error_shape(odd.post("/new", json={"prompt": "hi"}), 401, "unauthenticated")
 
 
 def test_a_disabled_proxy_user_is_refused_within_seconds(proxy_relay: RelayServer) -> None:
