@@ -45,7 +45,9 @@ def test_the_first_admin_is_set_up_once(accounts: Flask) -> None:
     made = client.post("/auth/setup", json={"username": "root", "password": PASSWORD})
     assert made.status_code == 201 and made.get_json() == {"user": {"name": "root", "admin": True}}
     assert client.get("/auth/me").get_json()["user"]["name"] == "root"
-    again = accounts.test_client().post("/auth/setup", json={"username": "r2", "password": PASSWORD})
+    again = accounts.test_client().post(
+        "/auth/setup", json={"username": "r2", "password": PASSWORD}
+    )
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "already_set_up"
     assert accounts.test_client().get("/auth/me").get_json()["setup_required"] is False
 
@@ -187,7 +189,9 @@ def test_an_expired_key_is_refused(accounts: Flask) -> None:
         db.session.execute(db.update(ApiKey).values(expires_at=1.0))
         db.session.commit()
     client = accounts.test_client()
-    response = client.post("/new", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {key}"})
+    response = client.post(
+        "/new", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {key}"}
+    )
     assert response.status_code == 401 and response.get_json()["error"]["code"] == "invalid_api_key"
 
 
