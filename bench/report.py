@@ -248,7 +248,8 @@ def plot(data: dict[str, Any], path: Path) -> None:
         axis.set_ylabel(unit)
         axis.set_title(title)
         axis.grid(True, alpha=0.3)
-        axis.legend()
+        if axis.get_legend_handles_labels()[0]:  # none when `--only` skipped throughput
+            axis.legend()
     left.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
