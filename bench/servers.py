@@ -58,16 +58,18 @@ class Service:
     def __init__(
         self, name: str, argv: list[str], port: int, *, cpus: Iterable[int], log_dir: Path,
         env: dict[str, str] | None = None, ready_path: str | None = None, cwd: Path = REPO_DIR,
-        stop_signal: int = signal.SIGTERM,
+        stop_signal: int = signal.SIGTERM, inherit_env: bool = True,
     ) -> None:
         self.name, self.port = name, port
         self.stop_signal = stop_signal
         self.ready_path = ready_path
         self.log_path = log_dir / f"{name}-{port}.log"
         pinned = set(cpus)
+        # `env` adds to this process's environment, or with `inherit_env` False is all of it.
+        full_env = {**(os.environ if inherit_env else {}), **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=self._log,
+            argv, env=full_env, cwd=cwd, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=lambda: os.sched_setaffinity(0, pinned),
         )
@@ -241,7 +243,7 @@ def _serve_relay(
     argv = [str(_RELAY_BIN), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     service = Service(name, argv, port, cpus=cpus, log_dir=log_dir, env=env,
                       ready_path="/healthz", cwd=Path(env["RELAY_INSTANCE_PATH"]),
-                      stop_signal=signal.SIGINT)
+                      stop_signal=signal.SIGINT, inherit_env=False)  # env: all it gets
     return service.wait_ready()
 
 
