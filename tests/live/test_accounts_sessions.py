@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -111,7 +112,7 @@ def test_a_sign_in_rotates_the_cookie_and_sign_out_ends_every_session(
     assert person.page.post("/auth/logout").status_code == 204
     for cookie in (first, second, third):
         with with_cookie(server.url, cookie) as replay:
-            refused_within(lambda replay=replay: replay.get("/auth/me"))
+            refused_within(partial(replay.get, "/auth/me"))
 
 
 def test_sign_in_failures_look_alike(server: RelayServer, people: People) -> None:
@@ -222,14 +223,14 @@ def _race_setup_behind_a_lock(url: str, instance: Path, database_url: str | None
     looked for an admin: the window that a look-then-insert leaves open, made wide."""
     with concurrent.futures.ThreadPoolExecutor(1) as runner:
         if database_url is None:
-            holder = sqlite3.connect(instance / "relay.db", isolation_level=None)
+            writer = sqlite3.connect(instance / "relay.db", isolation_level=None)
             try:
-                holder.execute("BEGIN IMMEDIATE")
+                writer.execute("BEGIN IMMEDIATE")
                 race = runner.submit(_race_setup, url, count)
                 time.sleep(2.5)  # their hashes done, well within the server's 5 s busy timeout
-                holder.execute("ROLLBACK")
+                writer.execute("ROLLBACK")
             finally:
-                holder.close()
+                writer.close()
         else:
             with psycopg.connect(database_url) as holder, \
                     psycopg.connect(database_url, autocommit=True) as watcher:
