@@ -76,6 +76,7 @@ class People:
         self.url = url
         self.admin = httpx.Client(base_url=url, timeout=30)
         self._clients = [self.admin]
+        self.made: list[Person] = []
         made = self.admin.post("/auth/setup", json={"username": "root", "password": PASSWORD})
         assert made.status_code == 201, made.text
 
@@ -95,7 +96,8 @@ class People:
         api = httpx.Client(base_url=self.url, timeout=30,
                            headers={"Authorization": f"Bearer {key}"})
         self._clients.append(api)
-        return Person(name, page, api, key)
+        self.made.append(Person(name, page, api, key))
+        return self.made[-1]
 
     def close(self) -> None:
         for client in self._clients:

@@ -28,6 +28,7 @@ def server(start_relay: Callable[..., RelayServer], upstream: FakeUpstream) -> R
     return start_relay({
         "RELAY_AUTH": "accounts", "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
         "RELAY_DEFAULT_MODEL": "echo", "RELAY_UPSTREAM_TIMEOUT_SECONDS": "5",
+        "RELAY_ACCESS_LOG": "-",
     })
 
 
@@ -238,3 +239,17 @@ def test_a_key_limited_to_models_is_refused_others_before_any_upstream_call(
         "echo", "echo", "echo:1"]
     assert person.api.get("/conversations").json()["conversations"][0]["id"] == \
         by_session["conversation_id"]
+
+
+def test_the_log_holds_no_password_key_or_stream_token(
+    server: RelayServer, people: People, alice: Person
+) -> None:
+    ticket = new_ticket(alice.api, "a token in the URL")
+    token = ticket["stream_url"].split("access_token=", 1)[1]
+    with httpx.Client(base_url=server.url, timeout=30) as bare:
+        assert read_stream(bare, ticket["stream_url"])[-1][2]["status"] == "completed"
+    log = server.log()
+    assert f'"GET /sse/{ticket["id"]} HTTP/1.1" 200' in log  # the access log is on
+    for secret in [PASSWORD, token, "access_token", *(person.key for person in people.made),
+                   *(person.key[10:] for person in people.made)]:
+        assert secret not in log
