@@ -8,7 +8,7 @@ import { MessageView, viewOf } from "./messages.js";
 import { Sidebar } from "./sidebar.js";
 import { TicketStream } from "./stream.js";
 import {
-  $, announce, isNearBottom, loadModels, rememberModel, resizePrompt, scrollToBottom,
+  $, announce, flash, isNearBottom, loadModels, rememberModel, resizePrompt, scrollToBottom,
   setPrompt, setSidebarOpen, showEmptyState, showToast, ui,
 } from "./ui.js";
 
@@ -268,7 +268,9 @@ function bindEvents() {
   ui.sidebarClose.addEventListener("click", () => { setSidebarOpen(false); ui.menu.focus(); });
   ui.scrim.addEventListener("click", () => setSidebarOpen(false));
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && ui.app.classList.contains("sidebar-open")) {
+    // A dialog takes Escape for itself; the drawer behind it stays open.
+    const dialogOpen = document.querySelector("dialog[open]");
+    if (event.key === "Escape" && !dialogOpen && ui.app.classList.contains("sidebar-open")) {
       setSidebarOpen(false);
       ui.menu.focus();
     }
@@ -297,18 +299,6 @@ async function onMessageClick(event) {
   } else if (button.classList.contains("regenerate")) {
     regenerate(viewOf(button));
   }
-}
-
-function flash(button, ok) {
-  const label = button.querySelector(".label") || button;
-  const before = label.textContent;
-  label.textContent = ok ? "Copied" : "Copy failed";
-  button.classList.add("flashed");
-  announce(ok ? "Copied to the clipboard." : "Could not copy.");
-  setTimeout(() => {
-    label.textContent = before;
-    button.classList.remove("flashed");
-  }, 1500);
 }
 
 // Load the chat for whoever is calling (everyone in open mode, the signed-in user otherwise).

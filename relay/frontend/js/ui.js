@@ -49,6 +49,19 @@ export function announce(message) {
   setTimeout(() => { ui.announcer.textContent = message; }, 50);
 }
 
+// Say "Copied" on a copy button for a moment (and to screen readers).
+export function flash(button, ok) {
+  const label = button.querySelector(".label") || button;
+  const before = label.textContent;
+  label.textContent = ok ? "Copied" : "Copy failed";
+  button.classList.add("flashed");
+  announce(ok ? "Copied to the clipboard." : "Could not copy.");
+  setTimeout(() => {
+    label.textContent = before;
+    button.classList.remove("flashed");
+  }, 1500);
+}
+
 export function setSidebarOpen(open) {
   ui.app.classList.toggle("sidebar-open", open);
   ui.menu.setAttribute("aria-expanded", String(open));

@@ -69,7 +69,7 @@ export class UsersPanel extends Panel {
     const you = user.name === this.me;
     const actions = document.createElement("div");
     actions.className = "row-actions";
-    actions.append(actionButton("set-password", "Set password", `Set a new password for ${user.name}`));
+    actions.append(actionButton("set-password", "Set password", `Set password for ${user.name}`));
     if (!user.disabled && !you) actions.append(actionButton("disable", "Disable", `Disable ${user.name}`));
     item.append(
       cell(you ? `${user.name} (you)` : user.name),
@@ -121,6 +121,7 @@ export class UsersPanel extends Panel {
   #askPassword(item) {
     this.passwordFor = item.dataset.name;
     $("password-title").textContent = `New password for ${this.passwordFor}`;
+    $("password-username").value = this.passwordFor;
     this.passwordError.textContent = "";
     this.passwordDialog.showModal();
     $("new-password").focus();
