@@ -11,13 +11,16 @@ import orjson
 from dotenv import load_dotenv
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
+from flask_cors import CORS
 
 from . import logs, sql
 from .broker import Broker
-from .config import default_instance_path, load_config
+from .config import ConfigError, default_instance_path, load_config
+from .cookies import IdentityCookie
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
 from .errors import register_error_handlers
-from .identity import IdentityCookie
+from .identity import AuthMode, check_access
+from .signin import SignInLimiter
 from .state import RelayState
 from .streams import StreamSettings
 from .upstream import build_upstream
@@ -29,6 +32,9 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     load_dotenv(os.path.join(os.getcwd(), ".env"))
     config = load_config(os.environ)
     config.update(overrides or {})
+    if config["AUTH"] == AuthMode.PROXY and not config["TRUSTED_PROXIES"]:
+        raise ConfigError("RELAY_AUTH=proxy needs RELAY_TRUSTED_PROXIES: the addresses of the "
+                          "proxies whose user header relay may believe.")
     instance_path = os.path.abspath(config["INSTANCE_PATH"] or default_instance_path())
     os.makedirs(instance_path, exist_ok=True)
 
@@ -72,12 +78,20 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         migration_heads=migration_heads(), upstream=build_upstream(config),
         broker=Broker(config["REDIS_URL"]),
         writer=BatchWriter(app, engine), stream_settings=StreamSettings.of(app),
+        signin=SignInLimiter(config["REDIS_URL"], config["SIGNIN_ATTEMPTS"]),
     )
 
-    from .views import api, compat, conversations, ops, stream, web
+    from .views import admin, api, auth, compat, conversations, ops, stream, web
 
-    for blueprint in (api.bp, stream.bp, conversations.bp, compat.bp, ops.bp, web.bp):
+    for blueprint in (api.bp, stream.bp, conversations.bp, compat.bp, ops.bp, web.bp, auth.bp,
+                      admin.bp):
         app.register_blueprint(blueprint)
+    app.before_request(check_access)
+    if config["CORS_ORIGINS"]:
+        # Pages of these origins may call the API with a key; never with relay's cookie.
+        CORS(app, origins=list(config["CORS_ORIGINS"]), supports_credentials=False,
+             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+             expose_headers=["Location", "Retry-After"], max_age=600)
     register_error_handlers(app)
     return app
 

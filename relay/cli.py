@@ -1,18 +1,24 @@
-"""The `relay` command: Flask's CLI for the app (`relay db upgrade`, ...) plus `relay serve`."""
+"""The `relay` command: Flask's CLI for the app (`relay db upgrade`, ...), `relay serve`, and the
+operator's `relay users ...` and `relay keys ...`."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from . import create_app
+from . import apikeys, create_app, users
 from .db import MIGRATIONS_DIR, SchemaBehind, check_schema, db
+from .errors import RelayError
 from .state import relay_state
 
 
@@ -50,3 +56,136 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)
+
+
+@main.group("users")
+def users_group() -> None:
+    """Users who sign in (RELAY_AUTH=accounts) or whom the proxy names."""
+
+
+@users_group.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May manage users in the page.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@with_appcontext
+def users_create(name: str, admin: bool, password_stdin: bool) -> None:
+    """Create a user with a password."""
+    with _refusals():
+        password = users.check_password(_read_password(password_stdin))
+        user = users.create_user(name, password, admin)
+    click.echo(f"created user {user.name}{' (admin)' if user.admin else ''}")
+
+
+@users_group.command("list")
+@with_appcontext
+def users_list() -> None:
+    """List users."""
+    rows = [(u["name"], "admin" if u["admin"] else "", "disabled" if u["disabled"] else "",
+             _when(u["created_at"])) for u in users.list_users()]
+    _table(("NAME", "ADMIN", "DISABLED", "CREATED"), rows)
+
+
+@users_group.command("disable")
+@click.argument("name")
+@with_appcontext
+def users_disable(name: str) -> None:
+    """Disable a user: their sessions and API keys stop working, their answers stop."""
+    with _refusals():
+        users.disable_user(name)
+    click.echo(f"disabled user {name}")
+
+
+@users_group.command("enable")
+@click.argument("name")
+@with_appcontext
+def users_enable(name: str) -> None:
+    """Let a disabled user sign in again."""
+    with _refusals():
+        users.enable_user(name)
+    click.echo(f"enabled user {name}")
+
+
+@users_group.command("set-password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@with_appcontext
+def users_set_password(name: str, password_stdin: bool) -> None:
+    """Give a user a new password; every session of theirs ends."""
+    with _refusals():
+        users.find_user(name)
+        users.set_password(name, users.check_password(_read_password(password_stdin)))
+    click.echo(f"set the password of {name}; their sessions ended")
+
+
+@main.group("keys")
+def keys_group() -> None:
+    """API keys (`Authorization: Bearer <key>`)."""
+
+
+@keys_group.command("create")
+@click.argument("user")
+@click.option("--name", default="", help="A label to recognise the key by.")
+@click.option("--expires-days", type=click.IntRange(1, 3650), help="Stop working after N days.")
+@click.option("--models", help="Comma-separated models the key may use (default: any).")
+@with_appcontext
+def keys_create(user: str, name: str, expires_days: int | None, models: str | None) -> None:
+    """Create a key for USER; the key is printed once, alone on the last line."""
+    allowed = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    with _refusals():
+        listing, secret = apikeys.create_key(
+            users.find_user(user), current_app.secret_key or "", name, expires_days, allowed
+        )
+    click.echo(f"created key {listing['id']} ({listing['prefix']}…) for {user}; "
+               "it is shown only now:")
+    click.echo(secret)
+
+
+@keys_group.command("list")
+@click.argument("user", required=False)
+@with_appcontext
+def keys_list(user: str | None) -> None:
+    """List keys (of USER, or everyone's): ids and prefixes, never the keys."""
+    with _refusals():
+        owner = users.find_user(user) if user else None
+    rows = [(k["id"], k["prefix"] + "…", k["user"], k["name"], _when(k["created_at"]),
+             _when(k["last_used_at"]), _when(k["expires_at"]), "revoked" if k["revoked"] else "")
+            for k in apikeys.list_keys(owner)]
+    _table(("ID", "PREFIX", "USER", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED"), rows)
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+@with_appcontext
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: it stops working within seconds and its streams end."""
+    with _refusals():
+        apikeys.revoke_key(key_id)
+    click.echo(f"revoked key {key_id}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise click.UsageError("no terminal to ask for the password: use --password-stdin")
+    return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A refusal (user exists, no such key, a short password) as the command's error."""
+    try:
+        yield
+    except RelayError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[Any, ...]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())

@@ -6,6 +6,7 @@ reads the environment at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ def _choice(*choices: str) -> Callable[[str], str]:
     return parse
 
 
+def _addresses(raw: str) -> tuple[str, ...]:
+    networks = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        scheme, _, host = origin.partition("://")
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise ValueError(f"{origin!r} is not an origin like https://app.example")
+    return origins
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its config key, default, parser and help text."""
@@ -69,8 +86,10 @@ SETTINGS: tuple[Setting, ...] = (
             "HTTP/1.1 keep-alive connections straight to it (`HTTPS_PROXY` is not used; HTTPS is "
             "verified against the system's CA certificates)."),
     Setting("RELAY_SECRET_KEY", "SECRET_KEY", None, str,
-            "Signs session cookies; default generated once into `secret_key` in the instance "
-            "folder. Set it when several hosts serve the same users."),
+            "Signs session cookies and stream tokens, and keys the stored hashes of API keys; "
+            "default generated once into `secret_key` in the instance folder. Set it when "
+            "several hosts serve the same users (changing it ends every session, stream token "
+            "and API key)."),
     Setting("RELAY_DEFAULT_MODEL", "DEFAULT_MODEL", None, str,
             "Model used when a request names none; default the upstream's first model, or "
             "`mock-echo` if it lists none. While the upstream cannot list its models, a request "
@@ -127,6 +146,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_POLL_MS", "POLL_MS", 100.0, _positive(float),
             "How often a reader on another worker checks the database for new events when "
             "Redis is not configured."),
+    Setting("RELAY_AUTH", "AUTH", "open", _choice("open", "accounts", "proxy"),
+            "Who may use relay: `open` (anyone; each browser or client gets an anonymous "
+            "identity in a signed cookie), `accounts` (a signed-in user or an API key everywhere "
+            "but the page, sign-in, static files and `/healthz`), `proxy` (a trusted reverse "
+            "proxy names the user in `RELAY_PROXY_USER_HEADER`)."),
+    Setting("RELAY_SESSION_DAYS", "SESSION_DAYS", 30.0, _positive(float),
+            "How long a sign-in lasts; sign-out, a password change or disabling the user ends "
+            "it sooner, on every worker and host within seconds."),
+    Setting("RELAY_STREAM_TOKEN_SECONDS", "STREAM_TOKEN_SECONDS", 60.0, _positive(float),
+            "How long the `access_token` in a key-made ticket's `stream_url` may start a "
+            "stream; after that it only resumes (with `Last-Event-ID`) until the ticket ends."),
+    Setting("RELAY_PROXY_USER_HEADER", "PROXY_USER_HEADER", "X-Forwarded-User", str,
+            "In `proxy` mode, the header that names the signed-in user (oauth2-proxy: "
+            "`X-Forwarded-User`; Authelia: `Remote-User`). Users are created on first sight."),
+    Setting("RELAY_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _addresses,
+            "Comma-separated addresses or networks of reverse proxies relay trusts: for the "
+            "user header in `proxy` mode (required there) and for `X-Forwarded-Proto` (is the "
+            "request HTTPS, for `Secure` cookies). Empty: gunicorn's default, 127.0.0.1 only, "
+            "for `X-Forwarded-Proto`."),
+    Setting("RELAY_CORS_ORIGINS", "CORS_ORIGINS", (), _origins,
+            "Comma-separated origins (`https://app.example`) whose pages may call relay's API "
+            "with an API key (CORS, never with cookies). Empty: none."),
+    Setting("RELAY_SIGNIN_ATTEMPTS", "SIGNIN_ATTEMPTS", 5, _positive(int),
+            "Failed sign-ins allowed per user in 15 minutes (per address: four times this); "
+            "then `429` `rate_limited` with `Retry-After`. Counted in Redis when configured, "
+            "else per worker."),
     Setting("RELAY_INSTANCE_PATH", "INSTANCE_PATH", None, str,
             "Folder for the SQLite file and the generated secret; default `./instance`."),
     Setting("RELAY_LOG_LEVEL", "LOG_LEVEL", "INFO",

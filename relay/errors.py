@@ -39,6 +39,19 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     CONVERSATION_BUSY = "conversation_busy"
     RATE_LIMITED = "rate_limited"
+    # Who is calling (CONTRACT.md).
+    UNAUTHENTICATED = "unauthenticated"
+    INVALID_CREDENTIALS = "invalid_credentials"
+    INVALID_API_KEY = "invalid_api_key"
+    INVALID_TOKEN = "invalid_token"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
+    CROSS_SITE_REQUEST = "cross_site_request"
+    ALREADY_SET_UP = "already_set_up"
+    USER_EXISTS = "user_exists"
+    USER_NOT_FOUND = "user_not_found"
+    KEY_NOT_FOUND = "key_not_found"
+    INVALID_PASSWORD = "invalid_password"
+    INVALID_USERNAME = "invalid_username"
     HTTP_ERROR = "http_error"
     INTERNAL_ERROR = "internal_error"
     DATABASE_UNAVAILABLE = "database_unavailable"
@@ -53,6 +66,10 @@ class ErrorCode(StrEnum):
     UPSTREAM_BAD_RESPONSE = "upstream_bad_response"
     WORKER_LOST = "worker_lost"
     SERVER_SHUTDOWN = "server_shutdown"
+    # Why a ticket was cancelled when not by its owner (`done`'s error, status cancelled).
+    SESSION_ENDED = "session_ended"
+    USER_DISABLED = "user_disabled"
+    KEY_REVOKED = "key_revoked"
 
 
 class RelayError(Exception):
@@ -106,6 +123,29 @@ class Conflict(RelayError):
     code = ErrorCode.CONFLICT
 
 
+class Unauthenticated(RelayError):
+    """No credentials (or none that hold) where the auth mode requires them."""
+
+    status = 401
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(RelayError):
+    status = 403
+    code = ErrorCode.FORBIDDEN
+
+
+class TooManyRequests(RelayError):
+    """A limit was reached; `retry_after` seconds until it may succeed."""
+
+    status = 429
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: int, code: ErrorCode | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, int(retry_after))
+
+
 class UpstreamUnavailable(RelayError):
     """The upstream must answer before the request can be taken (its code says how it failed)."""
 
@@ -147,7 +187,12 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(RelayError)
     def _relay_error(exc: RelayError) -> Response:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, TooManyRequests):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

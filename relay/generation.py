@@ -87,13 +87,15 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
     return True
 
 
-def cancel(ticket_id: str, why: str, app: Flask | None = None) -> None:
+def cancel(
+    ticket_id: str, why: str, app: Flask | None = None, reason: ErrorCode | None = None
+) -> None:
     """Stop generating a ticket wherever it runs (its upstream call is closed) and end it
-    `cancelled`; a ticket nobody started ends at once. `why` is for the log; `app` is the
-    current app's unless given."""
+    `cancelled`; a ticket nobody started ends at once. `why` is for the log; `reason`, when its
+    owner did not ask, is the error its `done` carries; `app` is the current app's unless given."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     with app.app_context():
-        tickets.request_cancel(ticket_id)
+        tickets.request_cancel(ticket_id, reason)
     broker = relay_state(app).broker
     broker.cancel(ticket_id)
     broker.notify(ticket_id)
@@ -208,7 +210,8 @@ class Producer:
             if stop.reason == Verdict.LOST:
                 return Verdict.LOST
             if stop.reason == Verdict.CANCELLED:
-                return tickets.CANCELLED
+                with self.app.app_context():
+                    return tickets.cancelled_outcome(tickets.cancel_reason(self.ticket_id))
             if stop.reason == STORE_FAILED:
                 return _failed(ErrorCode.STORAGE_FULL, "The answer could not be stored.")
             log.info("ticket %s stopped (%s)", self.ticket_id, stop.reason)

@@ -29,6 +29,12 @@ timeout = 30
 graceful_timeout = 10
 keepalive = 5
 accesslog = os.environ.get("RELAY_ACCESS_LOG") or None
+# gunicorn's default but the path without its query string and no Referer: a stream's URL may
+# carry an access token, which must not reach a log.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
+if os.environ.get("RELAY_TRUSTED_PROXIES"):
+    # Whose X-Forwarded-Proto says the request came over HTTPS (`Secure` cookies).
+    forwarded_allow_ips = os.environ["RELAY_TRUSTED_PROXIES"]
 errorlog = "-"
 control_socket_disable = True  # gunicorn 27: several relays on one machine must not share it
 

@@ -1,4 +1,5 @@
-"""Typed models: tickets, the events streamed for them, conversations and their messages."""
+"""Typed models: tickets, the events streamed for them, conversations and their messages; users,
+their sign-in sessions and API keys."""
 
 from __future__ import annotations
 
@@ -98,6 +99,10 @@ class Ticket(Model):
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The API key that made it (its access tokens, and ending it when the key is revoked).
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Why its cancel was asked, when not by its owner: an ErrorCode its `done` carries.
+    cancel_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TicketEvent(Model):
@@ -112,3 +117,59 @@ class TicketEvent(Model):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(8))
     data: Mapped[str] = mapped_column(Text)
+
+
+class User(Model):
+    """Someone who signs in (or whom the trusted proxy names); tickets name them `user:<id>`."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuthSession(Model):
+    """A sign-in: the cookie holds a random token, the store only its SHA-256."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    expires_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiKey(Model):
+    """An API key: shown once, stored as a keyed hash; `prefix` is what lists and errors show."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(100), default="")
+    prefix: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class FirstAdmin(Model):
+    """At most one row, ever: the admin created from the page's set-up screen. Its primary key
+    makes twenty concurrent set-ups create one admin."""
+
+    __tablename__ = "first_admin"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    user_id: Mapped[int] = mapped_column(Integer, ForeignKey("users.id", ondelete="CASCADE"))

@@ -8,8 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 
+from .secondcache import SecondCache
+
 if TYPE_CHECKING:
     from .broker import Broker
+    from .signin import SignInLimiter
     from .streams import StreamSettings
     from .upstream import Upstream
     from .writer import BatchWriter
@@ -26,6 +29,9 @@ class RelayState:
     broker: Broker
     writer: BatchWriter
     stream_settings: StreamSettings  # of an EventSource stream (`/v1`: `for_one_request()`)
+    signin: SignInLimiter
+    # Sessions, keys and proxy users looked up in this second (identity.py).
+    credentials: SecondCache = field(default_factory=SecondCache)
     _default_model: str | None = field(default=None)
 
     def default_model(self) -> str:

@@ -40,7 +40,7 @@ _SELECT_TICKET = select(*(c for c in _tickets.c if c.name != "request")).where(
 
 _INSERT_TICKET = (
     "INSERT INTO tickets (id, owner, conversation_id, request, model, status, last_seq, "
-    "cancel_requested, created_at) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?)"
+    "cancel_requested, created_at, key_id) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
 )
 _PENDING_REQUEST = (
     "SELECT conversation_id, request FROM tickets "
@@ -75,6 +75,13 @@ WORKER_LOST = Outcome(
     error={"code": ErrorCode.WORKER_LOST, "message": "The worker generating this answer stopped."},
 )
 CANCELLED = Outcome(TicketStatus.CANCELLED, "cancelled")
+# Why a ticket was cancelled when its owner did not ask: what its `done` tells the reader.
+_CANCEL_MESSAGES = {
+    ErrorCode.SESSION_ENDED: "You were signed out, so this answer was stopped.",
+    ErrorCode.USER_DISABLED: "This account was disabled, so this answer was stopped.",
+    ErrorCode.KEY_REVOKED: "The API key that made this request was revoked, so this answer "
+                           "was stopped.",
+}
 
 
 class Verdict(StrEnum):
@@ -115,8 +122,9 @@ def worker_id() -> str:
 _worker_ids: dict[int, str] = {}
 
 
-def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
-    """Store the request (and its conversation turn) as a pending ticket owned by `owner`."""
+def create_ticket(owner: str, spec: NewTicket, key_id: str | None = None) -> CreatedTicket:
+    """Store the request (and its conversation turn) as a pending ticket owned by `owner`, made
+    with the API key `key_id` if any."""
     conversation_id = spec.conversation_id
     if conversation_id is not None:
         if not (is_valid_id(conversation_id) and conversations.owns(conversation_id, owner)):
@@ -136,7 +144,7 @@ def create_ticket(owner: str, spec: NewTicket) -> CreatedTicket:
         try:
             tx.execute(_INSERT_TICKET, (
                 ticket_id, owner, turn.conversation_id, sql.json_text(turn.options), spec.model,
-                False, now,
+                False, now, key_id,
             ))
         except Exception as exc:
             if _is_unique_violation(exc):
@@ -286,21 +294,62 @@ def reap_if_expired(ticket_id: str) -> int | None:
     return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST)
 
 
-def cancel_pending(ticket_id: str) -> int | None:
+def cancel_pending(ticket_id: str, reason: ErrorCode | None = None) -> int | None:
     """End a ticket nobody has started streaming, with `done` status cancelled."""
-    return _finish(ticket_id, _FINISH_PENDING, None, CANCELLED)
+    return _finish(ticket_id, _FINISH_PENDING, None, cancelled_outcome(reason))
 
 
-def request_cancel(ticket_id: str) -> None:
+def request_cancel(ticket_id: str, reason: ErrorCode | None = None) -> None:
     """Flag a running ticket for its producer's worker (whose writer polls the flag; a broker
-    cancel is faster), or end a ticket nobody has started streaming."""
+    cancel is faster), or end a ticket nobody has started streaming. `reason` (when its owner
+    did not ask) is what its `done` will say."""
     with db.engine.begin() as conn:
         conn.execute(
             update(_tickets)
             .where(_tickets.c.id == ticket_id, _tickets.c.status == TicketStatus.RUNNING)
-            .values(cancel_requested=True)
+            .values(cancel_requested=True, cancel_reason=reason and str(reason))
         )
-    cancel_pending(ticket_id)
+    cancel_pending(ticket_id, reason)
+
+
+def cancelled_outcome(reason: str | None) -> Outcome:
+    """The outcome of a cancelled ticket: with an error saying why, unless its owner asked."""
+    if reason not in _CANCEL_MESSAGES:
+        return CANCELLED
+    code = ErrorCode(reason)
+    return Outcome(TicketStatus.CANCELLED, "cancelled",
+                   error={"code": code, "message": _CANCEL_MESSAGES[code]})
+
+
+def cancel_reason(ticket_id: str) -> str | None:
+    """Why the ticket's cancel was asked (None: by its owner)."""
+    with db.engine.connect() as conn:
+        return conn.execute(
+            select(_tickets.c.cancel_reason).where(_tickets.c.id == ticket_id)
+        ).scalar()
+
+
+def is_live(ticket_id: str, grace: float) -> bool:
+    """Whether a ticket is unfinished, or finished less than `grace` seconds ago."""
+    with db.engine.connect() as conn:
+        row = conn.execute(select(_tickets.c.status, _tickets.c.finished_at)
+                           .where(_tickets.c.id == ticket_id)).fetchone()
+    return row is not None and (
+        row.status in ACTIVE_STATUSES or (row.finished_at or 0) > time.time() - grace
+    )
+
+
+def running_tickets(owner: str, key_id: str | None = None, *, keyless: bool = False) -> list[str]:
+    """The running tickets of `owner` (made with `key_id`, or with no key when `keyless`)."""
+    query = select(_tickets.c.id).where(
+        _tickets.c.status == TicketStatus.RUNNING, _tickets.c.owner == owner
+    )
+    if key_id is not None:
+        query = query.where(_tickets.c.key_id == key_id)
+    elif keyless:
+        query = query.where(_tickets.c.key_id.is_(None))
+    with db.engine.connect() as conn:
+        return list(conn.execute(query).scalars())
 
 
 def _finish(

@@ -9,7 +9,7 @@ from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 from flask.testing import FlaskClient
 
-from relay import identity
+from relay import cookies, secondcache
 
 COOKIE = "relay_session"
 
@@ -67,9 +67,9 @@ def test_a_verified_cookie_is_trusted_for_at_most_the_rest_of_its_second(
 ) -> None:
     created = client.post("/new", json={"prompt": "mine"}).get_json()
     now = [1000.2]
-    monkeypatch.setattr(identity.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(secondcache.time, "monotonic", lambda: now[0])
     verified: list[str] = []
-    real_signer = identity._signer
+    real_signer = cookies._signer
 
     def counting_signer(app: Flask) -> Any:
         signer = real_signer(app)
@@ -77,7 +77,7 @@ def test_a_verified_cookie_is_trusted_for_at_most_the_rest_of_its_second(
         signer.unsign = lambda value: verified.append(value) or unsign(value)  # type: ignore
         return signer
 
-    monkeypatch.setattr(identity, "_signer", counting_signer)
+    monkeypatch.setattr(cookies, "_signer", counting_signer)
     assert conversations(client) == [created["conversation_id"]]
     assert len(verified) == 1
     now[0] = 1000.9  # the same second: the header is not verified again

@@ -8,10 +8,11 @@ import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .. import events, generation, metrics, tickets
-from ..identity import current_owner
+from ..identity import AuthKind, current_owner, current_principal
 from ..models import FINISHED_STATUSES
 from ..state import relay_state
 from ..streams import reap_if_expired
+from ..streamtokens import make_token
 from ..validation import parse_new_ticket, read_body
 
 bp = Blueprint("api", __name__)
@@ -20,17 +21,26 @@ bp = Blueprint("api", __name__)
 @bp.post("/new")
 def new_ticket() -> Response:
     """Store a prompt and return the ticket to stream it with."""
+    owner = current_owner()
+    principal = current_principal()
     body = read_body(request)
     spec = parse_new_ticket(
         body, relay_state().default_model, current_app.config["MAX_MESSAGES"]
     )
-    ticket = tickets.create_ticket(current_owner(), spec)
+    principal.check_model(spec.model)
+    key_id = principal.key.id if principal.key is not None else None
+    ticket = tickets.create_ticket(owner, spec, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     # What url_for("stream.stream") gives, without the URL map on the hot path.
-    stream_url = f"{request.script_root}/sse/{ticket.id}"
+    location = f"{request.script_root}/sse/{ticket.id}"
+    stream_url = location
+    if principal.kind == AuthKind.KEY and key_id is not None:
+        # For a client that cannot send the key on its GET.
+        token = make_token(current_app.secret_key or "", ticket.id, key_id)
+        stream_url = f"{location}?access_token={token}"
     payload = {"id": ticket.id, "stream_url": stream_url, "conversation_id": ticket.conversation_id}
     return Response(
-        orjson.dumps(payload), 201, {"Location": stream_url}, content_type="application/json"
+        orjson.dumps(payload), 201, {"Location": location}, content_type="application/json"
     )
 
 

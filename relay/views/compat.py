@@ -20,7 +20,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import events, generation, metrics, sse, streams, tickets
 from ..errors import ErrorCode, InternalError, error_response
-from ..identity import current_owner
+from ..identity import current_owner, current_principal
 from ..models import TicketStatus
 from ..state import relay_state
 from ..upstream import UpstreamError
@@ -51,6 +51,9 @@ def list_models() -> tuple[Response, int]:
         return jsonify(body), 502
     default = state.default_model()
     ordered = [default] + [m for m in models if m != default]
+    key = current_principal().key
+    if key is not None:
+        ordered = [m for m in ordered if key.allows(m)]
     data = [{"id": m, "object": "model", "owned_by": "relay"} for m in ordered]
     return jsonify({"object": "list", "data": data}), 200
 
@@ -64,7 +67,10 @@ def chat_completions() -> Response:
         body, state.default_model, current_app.config["MAX_MESSAGES"]
     )
     owner = current_owner()
-    ticket = tickets.create_ticket(owner, completion.ticket)
+    principal = current_principal()
+    principal.check_model(completion.ticket.model)
+    key_id = principal.key.id if principal.key is not None else None
+    ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     if not generation.claim_and_start(app, ticket.id, owner):

@@ -17,6 +17,7 @@ bp = Blueprint("stream", __name__)
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
+    "Referrer-Policy": "no-referrer",  # the URL may carry an access token
 }
 
 

@@ -1,0 +1,130 @@
+"""`/auth/*`: sign in and out, who am I, the first admin's set-up, one's password and API keys."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, session
+
+from .. import apikeys, sessions, users
+from ..cookies import SESSION_PREFIX
+from ..errors import ErrorCode, Forbidden, Unauthenticated
+from ..identity import AuthKind, AuthMode, Principal, current_principal
+from ..signin import client_address
+from ..state import relay_state
+from ..validation import read_body, read_json_object
+
+bp = Blueprint("auth", __name__, url_prefix="/auth")
+
+
+@bp.post("/login")
+def login() -> Response:
+    """Sign in with a username and password (JSON or a form); a new session cookie."""
+    body = read_body(request)
+    name, password = body.get("username"), body.get("password")
+    address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
+    limiter = relay_state().signin
+    limiter.check(name if isinstance(name, str) else "", address)
+    user = users.authenticate(name, password)
+    if user is None:
+        limiter.failed(name if isinstance(name, str) else "", address)
+        raise Unauthenticated("Wrong username or password.", code=ErrorCode.INVALID_CREDENTIALS)
+    _sign_in(user)
+    return jsonify({"user": user.json()})
+
+
+@bp.post("/logout")
+def logout() -> tuple[str, int]:
+    """Sign out: every session of the user ends, on every worker and host."""
+    principal = current_principal()
+    if principal.kind == AuthKind.SESSION and principal.user is not None:
+        sessions.end_sessions(principal.user, ErrorCode.SESSION_ENDED)
+    session.clear()
+    return "", 204
+
+
+@bp.get("/me")
+def me() -> tuple[Response, int]:
+    """The signed-in user, or 401 (with whether the first admin must be set up)."""
+    mode = current_app.config["AUTH"]
+    principal = current_principal()
+    if principal.user is not None:
+        return jsonify({"user": principal.user.json(), "auth": mode}), 200
+    if mode == AuthMode.OPEN:
+        return jsonify({"user": None, "auth": mode}), 200
+    body = {
+        "error": {"code": ErrorCode.UNAUTHENTICATED, "message": "Sign in or send an API key."},
+        "auth": mode, "setup_required": mode == AuthMode.ACCOUNTS and users.setup_required(),
+    }
+    return jsonify(body), 401
+
+
+@bp.post("/setup")
+def set_up() -> tuple[Response, int]:
+    """Create the first admin of a relay that has none, and sign them in."""
+    body = read_body(request)
+    user = users.set_up_first_admin(
+        users.check_username(body.get("username")), users.check_password(body.get("password"))
+    )
+    _sign_in(user)
+    return jsonify({"user": user.json()}), 201
+
+
+@bp.post("/password")
+def change_password() -> tuple[str, int]:
+    """Change one's own password: every session ends, this browser gets a new one."""
+    user = _signed_in().user
+    assert user is not None
+    body = read_body(request)
+    if users.authenticate(user.name, body.get("current_password")) is None:
+        raise Unauthenticated("The current password is wrong.",
+                              code=ErrorCode.INVALID_CREDENTIALS)
+    users.set_password(user.name, users.check_password(body.get("new_password")))
+    _sign_in(user)
+    return "", 204
+
+
+@bp.get("/keys")
+def list_keys() -> Response:
+    """The caller's API keys (never the keys themselves)."""
+    return jsonify({"keys": apikeys.list_keys(_signed_in().user)})
+
+
+@bp.post("/keys")
+def create_key() -> tuple[Response, int]:
+    """A new API key of the caller, shown in this answer only."""
+    user = _signed_in().user
+    assert user is not None
+    body = read_json_object(request)
+    listing, secret = apikeys.create_key(
+        user, current_app.secret_key or "", body.get("name") or "", body.get("expires_days"),
+        body.get("models"),
+    )
+    return jsonify({**listing, "key": secret}), 201
+
+
+@bp.delete("/keys/<key_id>")
+def revoke_key(key_id: str) -> tuple[str, int]:
+    """Revoke one of the caller's keys; its streams end."""
+    apikeys.revoke_key(key_id, _signed_in().user)
+    return "", 204
+
+
+def _sign_in(user: users.UserInfo) -> None:
+    token = sessions.start_session(user, current_app.config["SESSION_DAYS"])
+    session["uid"] = SESSION_PREFIX + token  # a new session id at every sign-in
+    g.principal = Principal(user.owner, AuthKind.SESSION, user)
+
+
+def _signed_in() -> Principal:
+    """The caller, signed in through the page or the proxy (an API key cannot manage keys)."""
+    principal = current_principal()
+    if principal.user is None or principal.kind not in (AuthKind.SESSION, AuthKind.PROXY):
+        raise Unauthenticated("Sign in to manage your account.")
+    return principal
+
+
+def signed_in_admin() -> users.UserInfo:
+    """The caller if a signed-in admin, else 401/403."""
+    user = _signed_in().user
+    if user is None or not user.admin:
+        raise Forbidden("Only an admin may manage users.")
+    return user
