@@ -66,12 +66,13 @@ export function cell(content, className = "") {
   return td;
 }
 
-export function timeCell(iso, missing) {
-  if (!iso) return cell(missing, "muted");
+// `when` is what the relay sends: seconds since the epoch (or an ISO string); null is `missing`.
+export function timeCell(when, missing) {
+  const date = typeof when === "number" ? new Date(when * 1000) : new Date(when);
+  if (when === null || when === undefined || Number.isNaN(date.getTime())) return cell(missing, "muted");
   const time = document.createElement("time");
-  time.dateTime = iso;
-  const date = new Date(iso);
-  time.textContent = Number.isNaN(date.getTime()) ? iso : dateFormat.format(date);
+  time.dateTime = date.toISOString();
+  time.textContent = dateFormat.format(date);
   return cell(time);
 }
 

@@ -24,6 +24,7 @@ export class UsersPanel extends Panel {
       if (!button) return;
       const item = button.closest("tr");
       if (button.classList.contains("disable")) this.#disable(item);
+      else if (button.classList.contains("enable")) this.#enable(item);
       else if (button.classList.contains("set-password")) this.#askPassword(item);
     });
     this.passwordForm.addEventListener("submit", (event) => {
@@ -70,7 +71,8 @@ export class UsersPanel extends Panel {
     const actions = document.createElement("div");
     actions.className = "row-actions";
     actions.append(actionButton("set-password", "Set password", `Set password for ${user.name}`));
-    if (!user.disabled && !you) actions.append(actionButton("disable", "Disable", `Disable ${user.name}`));
+    if (user.disabled) actions.append(actionButton("enable", "Enable", `Enable ${user.name}`));
+    else if (!you) actions.append(actionButton("disable", "Disable", `Disable ${user.name}`));
     item.append(
       cell(you ? `${user.name} (you)` : user.name),
       cell(user.admin ? "Admin" : "User"),
@@ -116,6 +118,19 @@ export class UsersPanel extends Panel {
     this.announce(`Disabled ${name}.`);
     const row = this.list.querySelector(`tr[data-name="${CSS.escape(name)}"] .set-password`);
     (row || $("user-name")).focus();
+  }
+
+  async #enable(item) {
+    const name = item.dataset.name;
+    try {
+      await updateUser(name, { disabled: false });
+    } catch (error) {
+      this.showError(error.message);
+      return;
+    }
+    await this.refresh();
+    this.announce(`Enabled ${name}.`);
+    this.list.querySelector(`tr[data-name="${CSS.escape(name)}"] .disable`)?.focus();
   }
 
   #askPassword(item) {
