@@ -8,8 +8,8 @@ import { MessageView, viewOf } from "./messages.js";
 import { Sidebar } from "./sidebar.js";
 import { TicketStream } from "./stream.js";
 import {
-  $, announce, flash, isNearBottom, loadModels, rememberModel, resizePrompt, scrollToBottom,
-  setPrompt, setSidebarOpen, showEmptyState, showToast, ui,
+  $, announce, bindDrawer, flash, isNearBottom, loadModels, rememberModel, resizePrompt,
+  scrollToBottom, setPrompt, setSidebarOpen, showEmptyState, showToast, ui,
 } from "./ui.js";
 
 document.documentElement.dataset.started = "true"; // every import loaded (see boot.js)
@@ -264,20 +264,7 @@ function bindEvents() {
     navigate(null);
     ui.prompt.focus();
   });
-  ui.menu.addEventListener("click", () => setSidebarOpen(!ui.app.classList.contains("sidebar-open")));
-  ui.sidebarClose.addEventListener("click", () => { setSidebarOpen(false); ui.menu.focus(); });
-  ui.scrim.addEventListener("click", () => setSidebarOpen(false));
-  document.addEventListener("keydown", (event) => {
-    // A dialog takes Escape for itself; the drawer behind it stays open.
-    const dialogOpen = document.querySelector("dialog[open]");
-    if (event.key === "Escape" && !dialogOpen && ui.app.classList.contains("sidebar-open")) {
-      setSidebarOpen(false);
-      ui.menu.focus();
-    }
-  });
-  $("conversation-list").addEventListener("click", (event) => {
-    if (event.target.closest(".conversation-link")) setSidebarOpen(false);
-  });
+  bindDrawer();
   $("suggestions").addEventListener("click", (event) => {
     const button = event.target.closest("button");
     if (button) send(button.textContent);
@@ -322,7 +309,9 @@ function resetChat() {
   sidebar.clear();
   setPrompt("");
   showEmptyState(true);
-  if (window.location.hash) window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  if (window.location.hash) {
+    window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
 }
 
 async function main() {

@@ -126,7 +126,9 @@ function row(key) {
     timeCell(key.created_at, "—"),
     timeCell(key.last_used_at, "Never"),
     timeCell(key.expires_at, "Never"),
-    key.revoked ? cell("Revoked", "muted") : cell(actionButton("revoke", "Revoke", `Revoke the key “${label}”`)),
+    key.revoked
+      ? cell("Revoked", "muted")
+      : cell(actionButton("revoke", "Revoke", `Revoke the key “${label}”`)),
   );
   if (key.revoked) item.classList.add("revoked");
   return item;

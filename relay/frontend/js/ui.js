@@ -70,6 +70,24 @@ export function setSidebarOpen(open) {
   if (open) ui.newChat.focus();
 }
 
+// The phone drawer's controls: the menu button, its close button, the scrim and Escape.
+export function bindDrawer() {
+  ui.menu.addEventListener("click", () => setSidebarOpen(!ui.app.classList.contains("sidebar-open")));
+  ui.sidebarClose.addEventListener("click", () => { setSidebarOpen(false); ui.menu.focus(); });
+  ui.scrim.addEventListener("click", () => setSidebarOpen(false));
+  document.addEventListener("keydown", (event) => {
+    // A dialog takes Escape for itself; the drawer behind it stays open.
+    const dialogOpen = document.querySelector("dialog[open]");
+    if (event.key === "Escape" && !dialogOpen && ui.app.classList.contains("sidebar-open")) {
+      setSidebarOpen(false);
+      ui.menu.focus();
+    }
+  });
+  $("conversation-list").addEventListener("click", (event) => {
+    if (event.target.closest(".conversation-link")) setSidebarOpen(false);
+  });
+}
+
 // Fill the picker from GET /v1/models (the default first), keeping the user's last choice.
 export async function loadModels() {
   let models = [];
