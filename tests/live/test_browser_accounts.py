@@ -271,7 +271,23 @@ def test_admin_creates_a_user_who_signs_in_and_is_then_disabled(
     wait_for_screen(user, "signin")
     expect(user.locator("#signin-status")).to_contain_text("session has ended")
     sign_in(user, name, PASSWORD)
-    expect(user.locator("#signin-error")).not_to_be_empty()
+    expect(user.locator("#signin-error")).to_have_text("Wrong username or password.")
+
+    # Enabled again with a new password set in the panel, they sign in with that one.
+    row.locator(".enable").click()
+    expect(row).to_contain_text("Active")
+    row.locator(".set-password").click()
+    expect(admin.locator("#new-password")).to_be_focused()
+    admin.keyboard.type("short")
+    admin.keyboard.press("Enter")
+    expect(admin.locator("#password-error")).to_contain_text("at least 8 characters")
+    admin.fill("#new-password", PASSWORD + " renewed")
+    admin.press("#new-password", "Enter")
+    expect(admin.locator("#password-dialog")).to_be_hidden()
+    expect(row.locator(".set-password")).to_be_focused()
+    sign_in(user, name, PASSWORD + " renewed")
+    wait_for_screen(user, "chat")
+    expect(user.locator("#account-name")).to_have_text(name)
 
 
 def test_a_sign_out_elsewhere_ends_the_stream_and_the_session(
