@@ -52,10 +52,12 @@ def test_the_first_admin_is_set_up_once(accounts: Flask) -> None:
     assert accounts.test_client().get("/auth/me").get_json()["setup_required"] is False
 
 
-def test_no_set_up_once_the_cli_made_an_admin(accounts: Flask) -> None:
-    make_user(accounts, "root", admin=True)
+@pytest.mark.parametrize("admin", [True, False])
+def test_no_set_up_once_the_cli_made_any_user(accounts: Flask, admin: bool) -> None:
+    make_user(accounts, "someone", admin=admin)
+    assert accounts.test_client().get("/auth/me").get_json()["setup_required"] is False
     with accounts.app_context(), pytest.raises(Conflict):
-        users.set_up_first_admin("someone", PASSWORD)
+        users.set_up_first_admin("intruder", PASSWORD)
 
 
 @pytest.mark.parametrize(("body", "code"), [
