@@ -53,7 +53,7 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
     except SchemaBehind as exc:
         raise click.ClickException(str(exc)) from None
     if current_app.config["AUTH"] == "accounts" and users.setup_required():
-        click.echo("relay: RELAY_AUTH=accounts and no admin yet: the page will ask for the first "
+        click.echo("relay: RELAY_AUTH=accounts and no user yet: the page will ask for the first "
                    "admin (or run `relay users create NAME --admin`)", err=True)
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = os.path.join(current_app.instance_path, "metrics")
