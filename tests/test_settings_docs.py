@@ -95,8 +95,8 @@ def test_the_server_table_names_exactly_what_the_gunicorn_config_reads() -> None
 
 @pytest.mark.parametrize(
     ("value", "written"),
-    [(None, "(unset)"), ((), "(unset)"), ("auto", "`auto`"), (15.0, "`15`"), (2.5, "`2.5`"), (2000, "`2000`"),
-     (False, "`false`"), (True, "`true`")],
+    [(None, "(unset)"), ((), "(unset)"), ("auto", "`auto`"), (15.0, "`15`"), (2.5, "`2.5`"),
+     (2000, "`2000`"), (False, "`false`"), (True, "`true`")],
 )
 def test_defaults_are_written_as_they_would_be_set(value: Any, written: str) -> None:
     assert _readme_default(value) == written
