@@ -25,7 +25,8 @@ import httpx
 import pytest
 import redis
 
-from .accounts import (
+from .relay_server import RelayServer
+from .revocation_helpers import (
     PASSWORD,
     SECRET,
     Reader,
@@ -37,7 +38,6 @@ from .accounts import (
     run_cli,
     signed_in,
 )
-from .relay_server import RelayServer
 
 pytestmark = [pytest.mark.timeout(120)]
 

@@ -1,5 +1,5 @@
-"""Helpers for live tests in `accounts` mode: users made with the CLI, signed-in clients, streams
-read in a thread with each event's arrival time, and polling for a refused credential."""
+"""test_revocation's helpers in `accounts` mode: users made with the CLI on any store, signed-in
+clients, streams read in a thread with each event's arrival time, polling for a refusal."""
 
 from __future__ import annotations
 
