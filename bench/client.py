@@ -1,10 +1,13 @@
 """The load generator's HTTP: a small gevent raw-socket HTTP/1.1 client that times streams.
 
-One stream is one connection: relay's is `POST /new` then `GET /sse/<id>` on that keep-alive
-connection (the session cookie carried over, as a browser would), the OpenAI-style targets'
-is one streaming `POST /v1/chat/completions`. A `Visitor` carries relay's cookie from one
-stream to the next, as a browser does for every message after its first. Bodies are scanned as
-raw bytes (no SSE parsing in Python), so the client stays cheap next to the servers it measures.
+One stream is one connection: relay's is `POST /new` then a GET of the `stream_url` it answers
+on that keep-alive connection (the session cookie carried over, as a browser would), the
+OpenAI-style targets' is one streaming `POST /v1/chat/completions`. A `Visitor` carries relay's
+cookie from one stream to the next, as a browser does for every message after its first; a
+target with an account's user signs its visitor in first, and one with an API key sends
+`Authorization: Bearer` on `POST /new` and no cookie at all (its `stream_url` carries an
+`access_token`, the path of a client that can only GET). Bodies are scanned as raw bytes (no SSE
+parsing in Python), so the client stays cheap next to the servers it measures.
 """
 
 from __future__ import annotations
@@ -27,13 +30,19 @@ class HTTPError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """A system under test: `kind` is `relay` (two steps) or `openai` (one streaming POST)."""
+    """A system under test: `kind` is `relay` (two steps) or `openai` (one streaming POST).
+
+    A relay target may call as an account's user (`user`: name and password, signed in once per
+    visitor) or with an API key (`api_key`), rather than as an open relay's anonymous visitor.
+    """
 
     name: str
     host: str
     port: int
     kind: str
     path: str = "/v1/chat/completions"
+    user: tuple[str, str] | None = field(default=None, repr=False)
+    api_key: str = field(default="", repr=False)
 
 
 @dataclass
@@ -70,10 +79,14 @@ class Connection:
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, method: str, path: str, body: bytes = b"", ctype: str = "") -> None:
+    def send(
+        self, method: str, path: str, body: bytes = b"", ctype: str = "", api_key: str = ""
+    ) -> None:
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
         if ctype:
             head += f"Content-Type: {ctype}\r\n"
+        if api_key:
+            head += f"Authorization: Bearer {api_key}\r\n"
         if body or method == "POST":
             head += f"Content-Length: {len(body)}\r\n"
         if self.cookie:
@@ -113,9 +126,9 @@ class Connection:
         return body
 
     def request(
-        self, method: str, path: str, body: bytes = b"", ctype: str = ""
+        self, method: str, path: str, body: bytes = b"", ctype: str = "", api_key: str = ""
     ) -> tuple[int, bytes]:
-        self.send(method, path, body, ctype)
+        self.send(method, path, body, ctype, api_key)
         status, headers = self.read_head()
         return status, self.read_body(headers)
 
@@ -159,12 +172,35 @@ def openai_body(prompt: str, model: str) -> bytes:
     }).encode()
 
 
-def create_ticket(conn: Connection, body: bytes) -> str:
-    """POST /new on conn; returns the ticket id."""
-    status, raw = conn.request("POST", "/new", body, "application/json")
+def create_ticket(conn: Connection, body: bytes, api_key: str = "") -> str:
+    """POST /new on conn; returns the ticket's `stream_url`."""
+    status, raw = conn.request("POST", "/new", body, "application/json", api_key)
     if status != 201:
         raise HTTPError(f"POST /new answered {status}: {raw[:200]!r}")
-    return str(json.loads(raw)["id"])
+    stream_url = str(json.loads(raw)["stream_url"])
+    if api_key and "?access_token=" not in stream_url:
+        raise HTTPError(f"a key's stream_url carries no access_token: {stream_url!r}")
+    return stream_url
+
+
+def visitor_for(target: Target, timeout: float = 30.0) -> Visitor | None:
+    """A returning visitor of `target` (signed in first when it has a user), or None for a
+    target with an API key, which sends no cookie at all."""
+    if target.api_key:
+        return None
+    visitor = Visitor()
+    if target.user is not None:
+        username, password = target.user
+        conn = Connection(target.host, target.port, timeout=timeout)
+        try:
+            status, raw = conn.request("POST", "/auth/login", json.dumps(
+                {"username": username, "password": password}).encode(), "application/json")
+        finally:
+            conn.close()
+        if status != 200 or not conn.cookie:
+            raise HTTPError(f"POST /auth/login answered {status}: {raw[:200]!r}")
+        visitor.cookie = conn.cookie
+    return visitor
 
 
 def run_stream(
@@ -186,8 +222,10 @@ def run_stream(
         if visitor is not None:
             conn.cookie = visitor.cookie
         if target.kind == "relay":
-            ticket = create_ticket(conn, body)
-            conn.send("GET", f"/sse/{ticket}")
+            stream_url = create_ticket(conn, body, target.api_key)
+            if target.api_key:
+                conn.cookie = ""  # a key's client keeps no cookie jar
+            conn.send("GET", stream_url)
             done = _RELAY_DONE
         else:
             conn.send("POST", target.path, body, "application/json")

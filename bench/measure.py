@@ -24,6 +24,7 @@ from .client import (
     openai_body,
     relay_body,
     run_stream,
+    visitor_for,
 )
 from .servers import Service
 
@@ -71,14 +72,15 @@ def ttft(
     one and pays alone for what that one left behind.
 
     Relay's streams are one returning visitor's (its cookie set by the first warm-up stream), as
-    a chat page's are after its first message; LiteLLM here checks no key at all. The targets
-    named in `new_visitors` get a new visitor on every stream instead (no cookie sent).
+    a chat page's are after its first message; LiteLLM here checks no key at all. A target with
+    an account's user signs in once, before its warm-up; one with an API key sends no cookie.
+    The targets named in `new_visitors` get a new visitor on every stream instead (no cookie).
     """
     samples: dict[str, list[float]] = {t.name: [] for t in targets}
     errors: dict[str, int] = {t.name: 0 for t in targets}
     seen: dict[str, int] = {t.name: -warmup for t in targets}  # below 0: warm-up left
     bodies = {t.name: body_for(t, "Say hello.", model) for t in targets}
-    visitors = {t.name: None if t.name in new_visitors else Visitor() for t in targets}
+    visitors = {t.name: None if t.name in new_visitors else visitor_for(t) for t in targets}
     order = list(targets)
     shuffle = random.Random(block).shuffle
     while any(seen[t.name] < count for t in targets):

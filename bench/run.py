@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,9 @@ def run(
     with ExitStack() as stack:
         upstream = servers.start_upstream(load_cpus, log_dir)
         stack.callback(upstream.stop)
+        if "ttft" in only:  # the CLI's start-ups run meanwhile, on the load CPU(s)
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            accounts_prepared = pool.submit(servers.prepare_accounts_relay, upstream.port, log_dir)
 
         def start(name: str, **relay_options: Any) -> servers.Service:
             if name in ("relay", "relay_b"):
@@ -145,11 +150,17 @@ def run(
             running = {name: start(name) for name in names + compared}
             targets = [target(name, service) for name, service in running.items()]
             if "ttft" in only:
-                _log("measuring TTFT, one stream at a time (with the floor)")
+                _log("measuring TTFT, one stream at a time (with the floor, and an accounts "
+                     "relay called with an API key and by a signed-in user)")
                 floor = start("floor")
+                env, account = accounts_prepared.result(timeout=600)
+                accounts = servers.start_accounts_relay(env, server_cpus, log_dir,
+                                                        workers=workers)
+                stack.callback(accounts.stop)
                 data["ttft"] = _ttft(plan, [*targets, target("floor", floor)], running["relay"],
-                                     short)
+                                     short, _callers(accounts, account))
                 floor.stop()
+                accounts.stop()
             if "throughput" in only:
                 data["throughput"] = _throughput(plan, targets, running, upstream, fast)
             for service in running.values():
@@ -174,10 +185,22 @@ def run(
     return data
 
 
-def _ttft(plan: Plan, targets: list[Target], relay: servers.Service, model: str) -> dict[str, Any]:
+def _callers(accounts: servers.Service, account: servers.Account) -> list[Target]:
+    """The accounts relay twice: called with an API key (`POST /new` with `Authorization`, the
+    GET with the `stream_url`'s `access_token`), and by a signed-in user (session cookie)."""
+    host, port = "127.0.0.1", accounts.port
+    return [Target("relay_key", host, port, "relay", api_key=account.api_key),
+            Target("relay_user", host, port, "relay", user=(account.username, account.password))]
+
+
+def _ttft(
+    plan: Plan, targets: list[Target], relay: servers.Service, model: str,
+    callers: Sequence[Target] = (),
+) -> dict[str, Any]:
+    """The TTFT passes; `callers` (relay's other ways in) only in the interleaved and warm ones."""
     result: dict[str, Any] = {"model": model, "results": measure.ttft(
-        targets, model, plan.ttft_count, plan.ttft_warmup)}
-    result["warm"] = measure.ttft(targets, model, plan.ttft_count, plan.ttft_warmup,
+        [*targets, *callers], model, plan.ttft_count, plan.ttft_warmup)}
+    result["warm"] = measure.ttft([*targets, *callers], model, plan.ttft_count, plan.ttft_warmup,
                                   block=WARM_BLOCK)
     status = measure.probe_openai_endpoint("127.0.0.1", relay.port, model)
     if status != 200:

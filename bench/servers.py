@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import resource
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -25,6 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 LITELLM_VENV = BENCH_DIR / ".venv-litellm"
 LITELLM_REQUIREMENT = "litellm[proxy]==1.103.7"
+_RELAY_BIN = Path(sys.executable).with_name("relay")
 
 
 def free_port() -> int:
@@ -55,16 +58,18 @@ class Service:
     def __init__(
         self, name: str, argv: list[str], port: int, *, cpus: Iterable[int], log_dir: Path,
         env: dict[str, str] | None = None, ready_path: str | None = None, cwd: Path = REPO_DIR,
-        stop_signal: int = signal.SIGTERM,
+        stop_signal: int = signal.SIGTERM, inherit_env: bool = True,
     ) -> None:
         self.name, self.port = name, port
         self.stop_signal = stop_signal
         self.ready_path = ready_path
         self.log_path = log_dir / f"{name}-{port}.log"
         pinned = set(cpus)
+        # `env` adds to this process's environment, or with `inherit_env` False is all of it.
+        full_env = {**(os.environ if inherit_env else {}), **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
-            argv, env={**os.environ, **(env or {})}, cwd=cwd, stdout=self._log,
+            argv, env=full_env, cwd=cwd, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=lambda: os.sched_setaffinity(0, pinned),
         )
@@ -161,6 +166,15 @@ def start_floor(upstream_port: int, cpus: Iterable[int], log_dir: Path) -> Servi
     return Service("floor", argv, port, cpus=cpus, log_dir=log_dir, env=env).wait_ready()
 
 
+@dataclass(frozen=True)
+class Account:
+    """A user of an accounts relay: the name and password to sign in with, and an API key."""
+
+    username: str
+    password: str = field(repr=False)
+    api_key: str = field(repr=False)
+
+
 def start_relay(
     upstream_port: int, cpus: Iterable[int], log_dir: Path, *, workers: int,
     heartbeat: float = 15.0, model: str = "bench-n64-t0-p0", source: Path | None = None,
@@ -168,9 +182,39 @@ def start_relay(
     """`relay serve` with a fresh instance folder (fresh SQLite), pointed at the upstream; with
     `source`, the relay package of that checkout (first on PYTHONPATH) rather than this one."""
     port = free_port()
-    instance = log_dir / f"relay-instance-{port}"
+    env = _relay_env(log_dir / f"relay-instance-{port}", upstream_port, heartbeat, model)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source.resolve()),
+                                                          env.get("PYTHONPATH")]))
+    return _serve_relay("relay_b" if source else "relay", port, env, cpus, log_dir, workers)
+
+
+def prepare_accounts_relay(
+    upstream_port: int, log_dir: Path, model: str = "bench-n64-t0-p0",
+) -> tuple[dict[str, str], Account]:
+    """A fresh instance folder for a `RELAY_AUTH=accounts` relay, in which the operator's CLI
+    made one user and an API key of theirs: the relay's environment and that account. (Only
+    subprocesses: the run does this in a thread while it starts the other servers.)"""
+    env = _relay_env(log_dir / "relay-accounts-instance", upstream_port, 15.0, model)
+    env["RELAY_AUTH"] = "accounts"
+    username, password = "bench", secrets.token_urlsafe(18)
+    _relay_cli(env, ["db", "upgrade"])
+    _relay_cli(env, ["users", "create", username, "--password-stdin"], stdin=password + "\n")
+    created = _relay_cli(env, ["keys", "create", username, "--name", "bench"])
+    return env, Account(username, password, created.splitlines()[-1].strip())
+
+
+def start_accounts_relay(
+    env: dict[str, str], cpus: Iterable[int], log_dir: Path, *, workers: int,
+) -> Service:
+    """`relay serve` in the instance folder `prepare_accounts_relay` made."""
+    return _serve_relay("relay_accounts", free_port(), env, cpus, log_dir, workers)
+
+
+def _relay_env(instance: Path, upstream_port: int, heartbeat: float, model: str) -> dict[str, str]:
+    """The environment of a relay with its own instance folder (made here), pointed at the
+    upstream, none of this process's relay, OpenAI or database settings inherited."""
     instance.mkdir(parents=True)
-    relay_bin = Path(sys.executable).with_name("relay")
     env = {
         k: v for k, v in os.environ.items()
         if not k.startswith(("RELAY_", "OPENAI_")) and k not in ("DATABASE_URL", "REDIS_URL")
@@ -181,12 +225,25 @@ def start_relay(
         "RELAY_HEARTBEAT_SECONDS": str(heartbeat), "RELAY_DEFAULT_MODEL": model,
         "RELAY_UPSTREAM_TIMEOUT_SECONDS": "60", "RELAY_LOG_LEVEL": "WARNING",
     })
-    if source is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source.resolve()),
-                                                          env.get("PYTHONPATH")]))
-    argv = [str(relay_bin), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
-    service = Service("relay_b" if source else "relay", argv, port, cpus=cpus, log_dir=log_dir,
-                      env=env, ready_path="/healthz", cwd=instance, stop_signal=signal.SIGINT)
+    return env
+
+
+def _relay_cli(env: dict[str, str], args: list[str], stdin: str = "") -> str:
+    """Run `relay ARGS` in the instance folder; its stdout (its error in the exception)."""
+    done = subprocess.run([str(_RELAY_BIN), *args], env=env, cwd=env["RELAY_INSTANCE_PATH"],
+                          input=stdin, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"relay {args[0]} {args[1]} failed:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _serve_relay(
+    name: str, port: int, env: dict[str, str], cpus: Iterable[int], log_dir: Path, workers: int,
+) -> Service:
+    argv = [str(_RELAY_BIN), "serve", "--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    service = Service(name, argv, port, cpus=cpus, log_dir=log_dir, env=env,
+                      ready_path="/healthz", cwd=Path(env["RELAY_INSTANCE_PATH"]),
+                      stop_signal=signal.SIGINT, inherit_env=False)  # env: all it gets
     return service.wait_ready()
 
 

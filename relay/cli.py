@@ -12,17 +12,26 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
 from . import apikeys, create_app, users
+from .config import ConfigError
 from .db import MIGRATIONS_DIR, SchemaBehind, check_schema, db
 from .errors import RelayError
 from .state import relay_state
 
 
-@click.group(cls=FlaskGroup, create_app=create_app)
+def _configured_app() -> Flask:
+    """The app, or a bad setting as the command's error (its name and why, no traceback)."""
+    try:
+        return create_app()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=FlaskGroup, create_app=_configured_app)
 def main() -> None:
     """relay: a streaming relay for LLM answers over plain EventSource."""
 
@@ -43,6 +52,9 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
         check_schema(db.engine, state.migration_heads)
     except SchemaBehind as exc:
         raise click.ClickException(str(exc)) from None
+    if current_app.config["AUTH"] == "accounts" and users.setup_required():
+        click.echo("relay: RELAY_AUTH=accounts and no user yet: the page will ask for the first "
+                   "admin (or run `relay users create NAME --admin`)", err=True)
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         metrics_dir = os.path.join(current_app.instance_path, "metrics")
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import current_app, g, request, session
 
-from . import apikeys, sessions, tickets, users
+from . import apikeys, sessions, sse, tickets, users
 from .cookies import SESSION_PREFIX
 from .errors import ErrorCode, Forbidden, Unauthenticated
 from .signin import address_in
@@ -175,9 +175,13 @@ def _token_principal(token: str, ticket_id: str) -> Principal:
 
 
 def _resuming() -> bool:
-    """Whether the request resumes a stream (an EventSource reconnecting sends Last-Event-ID)."""
-    last = request.environ.get("HTTP_LAST_EVENT_ID") or request.args.get("last_event_id")
-    return bool(last and last.strip())
+    """Whether the request resumes a stream: an EventSource reconnecting sends the id of the
+    last event it got. Id 0 asks for the whole stream, as a first connection does."""
+    last = (request.environ.get("HTTP_LAST_EVENT_ID") or "").strip()
+    try:
+        return (sse.parse_last_event_id(last or request.args.get("last_event_id")) or 0) > 0
+    except ValueError:
+        return False
 
 
 def _proxy_principal(environ: dict[str, Any], config: dict[str, Any]) -> Principal:

@@ -80,13 +80,14 @@ def create_user(name: str, password: str | None, admin: bool = False) -> UserInf
 
 
 def set_up_first_admin(name: str, password: str) -> UserInfo:
-    """The admin made from the page of a relay that has none; however many try at once, one
-    wins and the others get 409 `already_set_up`."""
+    """The admin made from the page of a relay that has no user yet; however many try at once,
+    one wins and the others get 409 `already_set_up`. Once the operator made any user, the page
+    offers no set-up (a relay with only non-admin users would otherwise let anyone be admin)."""
     check_username(name)
     password_hash = passwords.hash_password(check_password(password))
     try:
         with db.engine.begin() as conn:
-            if conn.execute(select(exists().where(_users.c.admin.is_(True)))).scalar():
+            if conn.execute(select(exists(select(_users.c.id)))).scalar():
                 raise _already_set_up()
             user_id = conn.execute(insert(_users).values(
                 name=name, password_hash=password_hash, admin=True, created_at=time.time()
@@ -98,16 +99,14 @@ def set_up_first_admin(name: str, password: str) -> UserInfo:
 
 
 def _already_set_up() -> Conflict:
-    return Conflict("This relay has an admin already; sign in instead.",
+    return Conflict("This relay is set up already; sign in instead.",
                     code=ErrorCode.ALREADY_SET_UP)
 
 
 def setup_required() -> bool:
-    """Whether nobody could ever administer this relay yet (no admin, no set-up done)."""
+    """Whether the page may set up the first admin: nobody has a user yet."""
     with db.engine.connect() as conn:
-        return not conn.execute(select(
-            exists().where(_users.c.admin.is_(True)) | exists(select(_first_admin.c.id))
-        )).scalar()
+        return not conn.execute(select(exists(select(_users.c.id)))).scalar()
 
 
 def authenticate(name: object, password: object) -> UserInfo | None:

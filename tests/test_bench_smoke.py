@@ -43,8 +43,17 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     assert v1["relay_v1"]["n"] > 0 and v1["relay_v1"]["errors"] == 0, v1
     assert data["ttft"]["added_relay_v1"]["relay_v1"]["median_ms"] > 0
     assert "Relay's `/v1/chat/completions` (one streaming request" in completed.stdout
-    for name in ("relay", "direct"):
+    for name in ("relay", "direct", "relay_key", "relay_user"):
         assert data["ttft"]["warm"][name]["n"] > 0, data["ttft"]["warm"]
+    # An accounts relay called with an API key (the stream_url's access_token, no cookie) and
+    # by a signed-in user, in the same passes as the open relay.
+    for name in ("relay_key", "relay_user"):
+        assert ttft[name]["n"] > 0 and ttft[name]["errors"] == 0, (name, ttft[name])
+        assert name in data["ttft"]["added"] and name in data["ttft"]["added_warm"]
+    assert "| relay | relay, API key | relay, signed in |" in completed.stdout
+    checked = {check["target"]: check["met"] for check in data["targets"]}
+    assert checked["added TTFT median <= 3 ms (interleaved, API key)"] is not None
+    assert checked["added TTFT median <= 3 ms (interleaved, signed in)"] is not None
 
     for name in ("relay", "direct", "ceiling"):
         rows = data["throughput"]["results"][name]

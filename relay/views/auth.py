@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from .. import apikeys, sessions, users
 from ..cookies import SESSION_PREFIX
-from ..errors import ErrorCode, Forbidden, Unauthenticated
+from ..errors import ErrorCode, Forbidden, InvalidRequest, Unauthenticated
 from ..identity import AuthKind, AuthMode, Principal, current_principal
 from ..signin import client_address
 from ..state import relay_state
@@ -18,6 +18,7 @@ bp = Blueprint("auth", __name__, url_prefix="/auth")
 @bp.post("/login")
 def login() -> Response:
     """Sign in with a username and password (JSON or a form); a new session cookie."""
+    _refuse_behind_proxy()
     body = read_body(request)
     name, password = body.get("username"), body.get("password")
     address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
@@ -60,6 +61,7 @@ def me() -> tuple[Response, int]:
 @bp.post("/setup")
 def set_up() -> tuple[Response, int]:
     """Create the first admin of a relay that has none, and sign them in."""
+    _refuse_behind_proxy()
     body = read_body(request)
     user = users.set_up_first_admin(
         users.check_username(body.get("username")), users.check_password(body.get("password"))
@@ -71,6 +73,7 @@ def set_up() -> tuple[Response, int]:
 @bp.post("/password")
 def change_password() -> tuple[str, int]:
     """Change one's own password: every session ends, this browser gets a new one."""
+    _refuse_behind_proxy()
     user = _signed_in().user
     assert user is not None
     body = read_body(request)
@@ -106,6 +109,12 @@ def revoke_key(key_id: str) -> tuple[str, int]:
     """Revoke one of the caller's keys; its streams end."""
     apikeys.revoke_key(key_id, _signed_in().user)
     return "", 204
+
+
+def _refuse_behind_proxy() -> None:
+    """In proxy mode the proxy signs people in: relay's own sign-in would set an unused cookie."""
+    if current_app.config["AUTH"] == AuthMode.PROXY:
+        raise InvalidRequest("This relay signs users in through its proxy.")
 
 
 def _sign_in(user: users.UserInfo) -> None:

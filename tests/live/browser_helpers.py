@@ -173,3 +173,16 @@ def page_errors(page: Page) -> list[Any]:
     errors: list[Any] = []
     page.on("pageerror", lambda exc: errors.append(exc))
     return errors
+
+
+def sign_in(page: Page, username: str, password: str) -> None:
+    """Fill the sign-in (or first-admin) screen and submit it with Enter, as a keyboard user."""
+    page.fill("#signin-username", username)
+    page.fill("#signin-password", password)
+    page.press("#signin-password", "Enter")
+
+
+def wait_for_screen(page: Page, screen: str) -> None:
+    """Wait until the page shows `screen` ("signin" or "chat") and has finished loading it."""
+    expect(page.locator("html")).to_have_attribute("data-screen", screen)
+    expect(page.locator("html")).to_have_attribute("data-ready", "true")

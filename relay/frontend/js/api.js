@@ -2,15 +2,25 @@
 // `{"error": {"code", "message"}}`, so the page can always show a human sentence.
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, body = null, retryAfter = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
+    this.body = body; // the whole JSON answer (GET /auth/me's 401 says whether setup is needed)
+    this.retryAfter = retryAfter; // seconds, from a 429's Retry-After
   }
 }
 
-async function request(method, path, body) {
+// Called when an API call is refused for want of a session (it ended elsewhere); the sign-in
+// endpoints answer 401 as part of their job and never call it.
+let sessionLost = null;
+export function onSessionLost(handler) {
+  sessionLost = handler;
+}
+const SIGN_IN = { signIn: true };
+
+async function request(method, path, body, { signIn = false } = {}) {
   const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
@@ -31,13 +41,23 @@ async function request(method, path, body) {
   }
   if (!response.ok) {
     const error = (data && data.error) || {};
-    throw new ApiError(
+    const failure = new ApiError(
       response.status,
       error.code || `http_${response.status}`,
       error.message || `The relay answered HTTP ${response.status}.`,
+      data,
+      retryAfterSeconds(response.headers.get("Retry-After")),
     );
+    if (response.status === 401 && !signIn && sessionLost) sessionLost(failure);
+    throw failure;
   }
   return data;
+}
+
+function retryAfterSeconds(value) {
+  if (!value) return null;
+  const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
+  return Number.isFinite(seconds) ? Math.max(0, Math.ceil(seconds)) : null;
 }
 
 const path = (prefix, id) => `${prefix}/${encodeURIComponent(id)}`;
@@ -50,3 +70,14 @@ export const deleteConversation = (id) => request("DELETE", path("/conversations
 export const createTicket = (fields) => request("POST", "/new", fields);
 export const getTicket = (id) => request("GET", path("/tickets", id));
 export const cancelTicket = (id) => request("POST", `${path("/sse", id)}/cancel`);
+
+export const getMe = () => request("GET", "/auth/me", undefined, SIGN_IN);
+export const signIn = (username, password) => request("POST", "/auth/login", { username, password }, SIGN_IN);
+export const setUp = (username, password) => request("POST", "/auth/setup", { username, password }, SIGN_IN);
+export const signOut = () => request("POST", "/auth/logout", undefined, SIGN_IN);
+export const listKeys = async () => (await request("GET", "/auth/keys")).keys;
+export const createKey = (fields) => request("POST", "/auth/keys", fields);
+export const revokeKey = (id) => request("DELETE", path("/auth/keys", id));
+export const listUsers = async () => (await request("GET", "/admin/users")).users;
+export const createUser = (fields) => request("POST", "/admin/users", fields);
+export const updateUser = (name, fields) => request("PATCH", path("/admin/users", name), fields);

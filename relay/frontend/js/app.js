@@ -1,17 +1,20 @@
 // The chat page's controller: wires the composer, the message log, the model picker and the
 // conversation list to the relay (POST /new, then a plain EventSource on the ticket).
 
+import { Account } from "./account.js";
 import { ApiError, cancelTicket, createTicket, getConversation } from "./api.js";
 import { codeOfCopyButton, copyText } from "./markdown.js";
 import { MessageView, viewOf } from "./messages.js";
 import { Sidebar } from "./sidebar.js";
 import { TicketStream } from "./stream.js";
 import {
-  $, announce, isNearBottom, loadModels, rememberModel, resizePrompt, scrollToBottom,
-  setPrompt, setSidebarOpen, showEmptyState, showToast, ui,
+  $, announce, bindDrawer, flash, isNearBottom, loadModels, rememberModel, resizePrompt,
+  scrollToBottom, setPrompt, setSidebarOpen, showEmptyState, showToast, ui,
 } from "./ui.js";
 
 document.documentElement.dataset.started = "true"; // every import loaded (see boot.js)
+// A stream ended because its user's session did: the next request would only be refused.
+const SESSION_ENDINGS = new Set(["session_ended", "user_disabled"]);
 const ANNOUNCEMENTS = {
   completed: "The answer is complete.",
   cancelled: "Generation stopped.",
@@ -35,6 +38,7 @@ const sidebar = new Sidebar({
   },
   onError: (error) => showToast(error.message),
 });
+const account = new Account({ enter: startChat, leave: resetChat });
 
 // ---- navigation --------------------------------------------------------------------------
 
@@ -181,6 +185,10 @@ function attachStream(ticket, view) {
       view.finish(result);
       state.stream = null;
       setBusy(false);
+      if (SESSION_ENDINGS.has(result.error?.code)) {
+        announce(result.error.message);
+        return;
+      }
       announce(ANNOUNCEMENTS[view.status] || "");
       sidebar.refresh();
     },
@@ -256,18 +264,7 @@ function bindEvents() {
     navigate(null);
     ui.prompt.focus();
   });
-  ui.menu.addEventListener("click", () => setSidebarOpen(!ui.app.classList.contains("sidebar-open")));
-  ui.sidebarClose.addEventListener("click", () => { setSidebarOpen(false); ui.menu.focus(); });
-  ui.scrim.addEventListener("click", () => setSidebarOpen(false));
-  document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && ui.app.classList.contains("sidebar-open")) {
-      setSidebarOpen(false);
-      ui.menu.focus();
-    }
-  });
-  $("conversation-list").addEventListener("click", (event) => {
-    if (event.target.closest(".conversation-link")) setSidebarOpen(false);
-  });
+  bindDrawer();
   $("suggestions").addEventListener("click", (event) => {
     const button = event.target.closest("button");
     if (button) send(button.textContent);
@@ -291,23 +288,35 @@ async function onMessageClick(event) {
   }
 }
 
-function flash(button, ok) {
-  const label = button.querySelector(".label") || button;
-  const before = label.textContent;
-  label.textContent = ok ? "Copied" : "Copy failed";
-  button.classList.add("flashed");
-  announce(ok ? "Copied to the clipboard." : "Could not copy.");
-  setTimeout(() => {
-    label.textContent = before;
-    button.classList.remove("flashed");
-  }, 1500);
+// Load the chat for whoever is calling (everyone in open mode, the signed-in user otherwise).
+async function startChat() {
+  document.documentElement.dataset.ready = "false";
+  await Promise.all([loadModels(), sidebar.refresh()]);
+  await openConversation(conversationFromHash());
+  ui.prompt.focus();
+  document.documentElement.dataset.ready = "true";
+}
+
+// Signed out: forget the conversation, its stream and the list, so the next user sees none.
+function resetChat() {
+  detachStream();
+  state.loadCount += 1;
+  state.conversationId = null;
+  setBusy(false);
+  setSidebarOpen(false);
+  ui.messages.replaceChildren();
+  ui.title.textContent = "New chat";
+  sidebar.clear();
+  setPrompt("");
+  showEmptyState(true);
+  if (window.location.hash) {
+    window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
 }
 
 async function main() {
   bindEvents();
-  await Promise.all([loadModels(), sidebar.refresh()]);
-  await openConversation(conversationFromHash());
-  ui.prompt.focus();
+  await account.start();
   document.documentElement.dataset.ready = "true";
 }
 

@@ -72,8 +72,10 @@ export class MessageView {
     this.note.hidden = !note;
     this.note.className = `note note-${status}`;
     this.note.textContent = note || "";
-    this.errorBox.hidden = status !== "failed";
-    this.errorBox.textContent = status === "failed" ? errorText(error) : "";
+    // A stop the user asked for carries no error; one forced on them (signed out) says why.
+    const showError = status === "failed" || (status === "cancelled" && Boolean(error?.message));
+    this.errorBox.hidden = !showError;
+    this.errorBox.textContent = showError ? errorText(error) : "";
     this.actions.hidden = this.busy;
     this.actions.querySelector(".copy-answer").hidden = !this.text;
     if (!this.busy || this.text) this.render();

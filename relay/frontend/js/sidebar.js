@@ -25,6 +25,14 @@ export class Sidebar {
     this.#render();
   }
 
+  // Forget the list (signed out), so the next user never sees it.
+  clear() {
+    this.conversations = [];
+    this.activeId = null;
+    this.list.querySelector(".rename-input")?.remove();
+    this.#render();
+  }
+
   setActive(id) {
     this.activeId = id;
     for (const link of this.list.querySelectorAll(".conversation-link")) {

@@ -49,12 +49,43 @@ export function announce(message) {
   setTimeout(() => { ui.announcer.textContent = message; }, 50);
 }
 
+// Say "Copied" on a copy button for a moment (and to screen readers).
+export function flash(button, ok) {
+  const label = button.querySelector(".label") || button;
+  const before = label.textContent;
+  label.textContent = ok ? "Copied" : "Copy failed";
+  button.classList.add("flashed");
+  announce(ok ? "Copied to the clipboard." : "Could not copy.");
+  setTimeout(() => {
+    label.textContent = before;
+    button.classList.remove("flashed");
+  }, 1500);
+}
+
 export function setSidebarOpen(open) {
   ui.app.classList.toggle("sidebar-open", open);
   ui.menu.setAttribute("aria-expanded", String(open));
   ui.scrim.hidden = !open;
   ui.main.inert = open; // the drawer is modal on a phone: keep focus inside it
   if (open) ui.newChat.focus();
+}
+
+// The phone drawer's controls: the menu button, its close button, the scrim and Escape.
+export function bindDrawer() {
+  ui.menu.addEventListener("click", () => setSidebarOpen(!ui.app.classList.contains("sidebar-open")));
+  ui.sidebarClose.addEventListener("click", () => { setSidebarOpen(false); ui.menu.focus(); });
+  ui.scrim.addEventListener("click", () => setSidebarOpen(false));
+  document.addEventListener("keydown", (event) => {
+    // A dialog takes Escape for itself; the drawer behind it stays open.
+    const dialogOpen = document.querySelector("dialog[open]");
+    if (event.key === "Escape" && !dialogOpen && ui.app.classList.contains("sidebar-open")) {
+      setSidebarOpen(false);
+      ui.menu.focus();
+    }
+  });
+  $("conversation-list").addEventListener("click", (event) => {
+    if (event.target.closest(".conversation-link")) setSidebarOpen(false);
+  });
 }
 
 // Fill the picker from GET /v1/models (the default first), keeping the user's last choice.
