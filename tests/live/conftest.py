@@ -11,7 +11,9 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
+from .browser_helpers import launch_chromium
 from .fake_upstream import FakeUpstream
 from .relay_server import RELAY_BIN, RelayServer
 
@@ -87,6 +89,15 @@ def upgrade_database(url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": url, "RELAY_INSTANCE_PATH": str(cwd)}
     return subprocess.run([str(RELAY_BIN), "db", "upgrade"], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium for one test module (the chat page's tests)."""
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture()

@@ -21,6 +21,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def bare_environ() -> dict[str, str]:
+    """This process's environment without relay's settings (RELAY_*, OPENAI_*, DATABASE_URL,
+    REDIS_URL), so that only a test's own settings reach a `relay` it runs."""
+    return {
+        k: v for k, v in os.environ.items()
+        if not k.startswith(("RELAY_", "OPENAI_")) and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+
+
 class RelayServer:
     """One relay server on a free loopback port; `env` adds to or overrides the environment."""
 
@@ -28,10 +37,7 @@ class RelayServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = instance_path / f"relay-{self.port}.log"
-        full_env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("RELAY_", "OPENAI_")) and k not in ("DATABASE_URL", "REDIS_URL")
-        }
+        full_env = bare_environ()
         full_env.update({
             "RELAY_INSTANCE_PATH": str(instance_path), "RELAY_HEARTBEAT_SECONDS": "1",
             "RELAY_MOCK_DELAY_MS": "0", **env,

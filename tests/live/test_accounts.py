@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ..helpers import assert_error_shape, new_ticket, read_stream, text_of
-from .accounts_helpers import COOKIE, PASSWORD, People, Person, tag, unknown_id
+from .accounts import COOKIE, PASSWORD, People, Person, tag, unknown_id
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 

@@ -12,7 +12,17 @@ import httpx
 import pytest
 
 from ..helpers import assert_error_shape, new_ticket, read_stream, text_of
-from .accounts_helpers import PASSWORD, relay_cli, tag, with_cookie
+from .accounts import (
+    COOKIE,
+    PASSWORD,
+    bearer,
+    cli_output,
+    new_key,
+    new_user,
+    relay_cli,
+    tag,
+    with_cookie,
+)
 from .relay_server import RelayServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -25,19 +35,6 @@ KEY = re.compile(r"rk_[A-Za-z0-9_-]{43}")
 def server(start_relay: Callable[..., RelayServer]) -> RelayServer:
     """An accounts-mode relay on SQLite with the built-in mock upstream."""
     return start_relay({"RELAY_AUTH": "accounts"})
-
-
-@pytest.fixture(scope="module")
-def cli(server: RelayServer) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`relay ...` on the server's store."""
-    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return relay_cli(server.log_path.parent, *args, stdin=stdin)
-    return run
-
-
-def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
-    return done.stdout
 
 
 def refused(done: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -73,14 +70,15 @@ def rows_of(listing: str) -> dict[str, list[str]]:
 
 
 def test_users_create_list_and_sign_in(
-    server: RelayServer, cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
     admin, plain = f"boss-{tag()}", f"plain-{tag()}"
-    made = ok(cli("users", "create", admin, "--admin", "--password-stdin", stdin=PASSWORD + "\n"))
+    made = cli_output(server, "users", "create", admin, "--admin", "--password-stdin",
+                      stdin=PASSWORD + "\n")
     assert admin in made and "admin" in made
-    made = ok(cli("users", "create", plain, "--password-stdin", stdin=PASSWORD + "\n"))
+    made = cli_output(server, "users", "create", plain, "--password-stdin", stdin=PASSWORD + "\n")
     assert plain in made and "admin" not in made
-    listing = ok(cli("users", "list"))
+    listing = cli_output(server, "users", "list")
     assert listing.splitlines()[0].split() == ["NAME", "ADMIN", "DISABLED", "CREATED"]
     rows = rows_of(listing)
     assert rows[admin][1] == "admin" and rows[plain][1] != "admin"
@@ -96,57 +94,55 @@ def test_users_create_list_and_sign_in(
 
 
 def test_users_refusals_are_one_clear_line(
-    cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
-    name, ghost = f"taken-{tag()}", f"ghost-{tag()}"
-    ok(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"))
-    refused(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"),
-            name, "exists")
+    name, ghost = new_user(server, "taken"), f"ghost-{tag()}"
+    refused(relay_cli(server, "users", "create", name, "--password-stdin",
+                      stdin=PASSWORD + "\n"), name, "exists")
     short = f"short-{tag()}"
-    refused(cli("users", "create", short, "--password-stdin", stdin="tiny\n"), "8 characters")
-    refused(cli("users", "create", "not a name", "--password-stdin", stdin=PASSWORD + "\n"),
-            "username")
-    misused(cli("users", "create", f"quiet-{tag()}"), "--password-stdin")  # no terminal to ask
-    refused(cli("users", "disable", ghost), ghost)
-    refused(cli("users", "set-password", ghost, "--password-stdin", stdin=PASSWORD + "\n"),
-            ghost)
-    refused(cli("users", "set-password", name, "--password-stdin", stdin="tiny\n"),
+    refused(relay_cli(server, "users", "create", short, "--password-stdin", stdin="tiny\n"),
             "8 characters")
-    listing = ok(cli("users", "list"))
+    refused(relay_cli(server, "users", "create", "not a name", "--password-stdin",
+                      stdin=PASSWORD + "\n"), "username")
+    # No terminal to ask for the password:
+    misused(relay_cli(server, "users", "create", f"quiet-{tag()}"), "--password-stdin")
+    refused(relay_cli(server, "users", "disable", ghost), ghost)
+    refused(relay_cli(server, "users", "set-password", ghost, "--password-stdin",
+                      stdin=PASSWORD + "\n"), ghost)
+    refused(relay_cli(server, "users", "set-password", name, "--password-stdin", stdin="tiny\n"),
+            "8 characters")
+    listing = cli_output(server, "users", "list")
     assert short not in listing and ghost not in listing and "not a name" not in listing
 
 
 def test_users_disable_ends_sessions_and_keys(
-    server: RelayServer, cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
-    name = f"leaving-{tag()}"
-    ok(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"))
-    key = ok(cli("keys", "create", name)).splitlines()[-1]
+    name = new_user(server, "leaving")
+    _, key = new_key(server, name)
     with httpx.Client(base_url=server.url, timeout=30) as page, \
-            httpx.Client(base_url=server.url, timeout=30,
-                         headers={"Authorization": f"Bearer {key}"}) as api:
+            httpx.Client(base_url=server.url, timeout=30, headers=bearer(key)) as api:
         assert page.post("/auth/login", json={"username": name, "password": PASSWORD}) \
             .status_code == 200
         assert page.get("/conversations").status_code == 200
         assert api.get("/conversations").status_code == 200
-        assert name in ok(cli("users", "disable", name))
+        assert name in cli_output(server, "users", "disable", name)
         assert_error_shape(sign_in(server, name, PASSWORD), 401, "invalid_credentials")
         # The credential caches live a second; the CLI took longer than that to return.
         assert_error_shape(page.get("/conversations"), 401, "unauthenticated")
         assert_error_shape(api.get("/conversations"), 401, "invalid_api_key")
-    assert rows_of(ok(cli("users", "list")))[name][1] == "disabled"
+    assert rows_of(cli_output(server, "users", "list"))[name][1] == "disabled"
 
 
 def test_users_set_password(
-    server: RelayServer, cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
-    name = f"forgetful-{tag()}"
-    ok(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"))
+    name = new_user(server, "forgetful")
     before = sign_in(server, name, PASSWORD)
     assert before.status_code == 200
-    cookie = before.cookies["relay_session"]
-    said = ok(cli("users", "set-password", name, "--password-stdin",
-                  stdin=NEW_PASSWORD + "\r\n"))
+    cookie = before.cookies[COOKIE]
+    said = cli_output(server, "users", "set-password", name, "--password-stdin",
+                      stdin=NEW_PASSWORD + "\r\n")
     assert NEW_PASSWORD not in said
     assert_error_shape(sign_in(server, name, PASSWORD), 401, "invalid_credentials")
     assert sign_in(server, name, NEW_PASSWORD).status_code == 200  # the line end is not in it
@@ -155,20 +151,18 @@ def test_users_set_password(
 
 
 def test_keys_create_list_use_and_revoke(
-    server: RelayServer, cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
-    name = f"owner-{tag()}"
+    name = new_user(server, "owner")
     label = f"laptop-{tag()}"
-    ok(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"))
-    out = ok(cli("keys", "create", name, "--name", label, "--expires-days", "7",
-                 "--models", "mock-echo,mock-other"))
+    out = cli_output(server, "keys", "create", name, "--name", label, "--expires-days", "7",
+                     "--models", "mock-echo,mock-other")
     key = out.splitlines()[-1]
     assert KEY.fullmatch(key), out
     assert out.count(key) == 1
     key_id = re.search(r"\bkey_[A-Za-z0-9_-]+", out)
     assert key_id is not None, out
-    with httpx.Client(base_url=server.url, timeout=30,
-                      headers={"Authorization": f"Bearer {key}"}) as api:
+    with httpx.Client(base_url=server.url, timeout=30, headers=bearer(key)) as api:
         assert api.get("/auth/me").json()["user"]["name"] == name
         ticket = new_ticket(api, "through the key", model="mock-echo")
         events = read_stream(api, ticket["stream_url"])
@@ -176,25 +170,25 @@ def test_keys_create_list_use_and_revoke(
         assert_error_shape(api.post("/new", json={"prompt": "x", "model": "mock-third"}), 403,
                            "model_not_allowed")
         assert [m["id"] for m in api.get("/v1/models").json()["data"]] == ["mock-echo"]
-        for listing in (ok(cli("keys", "list", name)), ok(cli("keys", "list"))):
+        for listing in (cli_output(server, "keys", "list", name),
+                        cli_output(server, "keys", "list")):
             assert key not in listing and key[10:] not in listing
             row = rows_of(listing)[key_id.group()]
             assert row[1] == key[:10] + "…" and row[2] == name and row[3] == label
             assert "revoked" not in row and row[-1] != "-"  # it expires
-        said = ok(cli("keys", "revoke", key_id.group()))
+        said = cli_output(server, "keys", "revoke", key_id.group())
         assert key_id.group() in said and key not in said
         assert_error_shape(api.get("/conversations"), 401, "invalid_api_key")
-    assert rows_of(ok(cli("keys", "list", name)))[key_id.group()][-1] == "revoked"
+    assert rows_of(cli_output(server, "keys", "list", name))[key_id.group()][-1] == "revoked"
 
 
 def test_keys_refusals_are_one_clear_line(
-    cli: Callable[..., subprocess.CompletedProcess[str]]
+    server: RelayServer,
 ) -> None:
     ghost = f"ghost-{tag()}"
-    refused(cli("keys", "create", ghost), ghost)
-    refused(cli("keys", "list", ghost), ghost)
-    refused(cli("keys", "revoke", "key_doesnotexist"), "key")
-    name = f"keyless-{tag()}"
-    ok(cli("users", "create", name, "--password-stdin", stdin=PASSWORD + "\n"))
-    misused(cli("keys", "create", name, "--expires-days", "0"), "--expires-days")
-    assert rows_of(ok(cli("keys", "list", name))) == {}
+    refused(relay_cli(server, "keys", "create", ghost), ghost)
+    refused(relay_cli(server, "keys", "list", ghost), ghost)
+    refused(relay_cli(server, "keys", "revoke", "key_doesnotexist"), "key")
+    name = new_user(server, "keyless")
+    misused(relay_cli(server, "keys", "create", name, "--expires-days", "0"), "--expires-days")
+    assert rows_of(cli_output(server, "keys", "list", name)) == {}

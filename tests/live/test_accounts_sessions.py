@@ -22,10 +22,11 @@ import pytest
 from itsdangerous import Signer
 
 from ..helpers import assert_error_shape, new_ticket
-from .accounts_helpers import (
+from .accounts import (
     COOKIE,
     PASSWORD,
     People,
+    new_user,
     refused_within,
     relay_cli,
     tag,
@@ -150,17 +151,9 @@ def strict(
     }, instance=tmp_path_factory.mktemp("strict"))
 
 
-def _cli_user(server: RelayServer, prefix: str) -> str:
-    name = f"{prefix}-{tag()}"
-    made = relay_cli(server.log_path.parent, "users", "create", name, "--password-stdin",
-                     stdin=PASSWORD + "\n")
-    assert made.returncode == 0, made.stderr
-    return name
-
-
 @pytest.mark.redis
 def test_an_expired_session_is_refused(strict: RelayServer) -> None:
-    name = _cli_user(strict, "brief")
+    name = new_user(strict, "brief")
     with httpx.Client(base_url=strict.url, timeout=30) as page:
         started = time.monotonic()
         page.post("/auth/login", json={"username": name, "password": PASSWORD})
@@ -177,7 +170,7 @@ def test_an_expired_session_is_refused(strict: RelayServer) -> None:
 
 @pytest.mark.redis
 def test_sign_ins_are_limited_per_user_across_workers(strict: RelayServer) -> None:
-    name = _cli_user(strict, "limited")
+    name = new_user(strict, "limited")
     address = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.{secrets.randbelow(250)}"
 
     def attempt(password: str, from_address: str = address, who: str = name) -> httpx.Response:
@@ -195,7 +188,7 @@ def test_sign_ins_are_limited_per_user_across_workers(strict: RelayServer) -> No
     # Per user: another address is limited too, while another user still signs in there.
     elsewhere = f"10.{secrets.randbelow(250)}.{secrets.randbelow(250)}.251"
     assert_error_shape(attempt(PASSWORD, elsewhere), 429, "rate_limited")
-    other = _cli_user(strict, "unlimited")
+    other = new_user(strict, "unlimited")
     assert attempt(PASSWORD, elsewhere, other).status_code == 200
 
 

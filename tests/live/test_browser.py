@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, Route, expect
 
 from .browser_helpers import (
     DESKTOP,
@@ -16,7 +16,6 @@ from .browser_helpers import (
     SeveringProxy,
     axe_violations,
     header,
-    launch_chromium,
     page_errors,
 )
 from .fake_upstream import FakeUpstream, UpstreamCall
@@ -24,14 +23,6 @@ from .relay_server import RelayServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(60)]
 expect.set_options(timeout=10_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture()

@@ -3,40 +3,29 @@ screens, sign-out, the API keys and users panels, and streams ended by a sign-ou
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from .accounts import PASSWORD, bearer, new_user
 from .browser_helpers import (
     DESKTOP,
     PHONE,
     ChatPage,
     axe_violations,
-    launch_chromium,
     page_errors,
     sign_in,
     wait_for_screen,
 )
 from .fake_upstream import FakeUpstream
-from .relay_server import RELAY_BIN, RelayServer
+from .relay_server import RelayServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 expect.set_options(timeout=10_000)
-PASSWORD = "a long enough passphrase 7"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -76,28 +65,6 @@ def accounts_env(upstream: FakeUpstream) -> dict[str, str]:
     }
 
 
-def relay_cli(relay: RelayServer, *args: str, stdin: str = "") -> str:
-    """Run `relay ARGS` on the running relay's instance (so its database); returns stdout."""
-    instance = relay.log_path.parent
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("RELAY_", "OPENAI_")) and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update({"RELAY_INSTANCE_PATH": str(instance), "RELAY_AUTH": "accounts"})
-    done = subprocess.run([str(RELAY_BIN), *args], env=env, cwd=instance, input=stdin,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def new_user(relay: RelayServer, *, admin: bool = False) -> str:
-    """A user made with the operator's CLI; returns its name (its password is PASSWORD)."""
-    name = f"u{uuid.uuid4().hex[:8]}"
-    relay_cli(relay, "users", "create", name, *(["--admin"] if admin else []), "--password-stdin",
-              stdin=PASSWORD + "\n")
-    return name
-
-
 def signed_in(tabs: Callable[..., Page], relay: RelayServer, name: str, **options: object) -> Page:
     page = tabs(relay.url + "/", **options)
     wait_for_screen(page, "signin")
@@ -113,8 +80,7 @@ def wait_until_every_worker_knows(revoked_at: float) -> None:
 
 
 def key_status(relay: RelayServer, key: str) -> int:
-    return httpx.get(relay.url + "/v1/models", headers={"Authorization": f"Bearer {key}"},
-                     timeout=10).status_code
+    return httpx.get(relay.url + "/v1/models", headers=bearer(key), timeout=10).status_code
 
 
 def wait_key_status(relay: RelayServer, key: str, status: int, timeout: float = 10.0) -> None:

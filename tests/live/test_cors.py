@@ -57,7 +57,7 @@ def test_a_listed_origin_may_post_with_a_key(
     assert {"authorization", "content-type"} <= listed(
         response.headers.get("access-control-allow-headers"))
 
-    key = new_key(cors_relay, new_user(cors_relay))
+    _, key = new_key(cors_relay, new_user(cors_relay))
     with httpx.Client(base_url=cors_relay.url, headers={"Origin": APP}, timeout=30) as page:
         created = page.post("/new", json={"prompt": "from app.example"}, headers=bearer(key))
         seen.append(created)

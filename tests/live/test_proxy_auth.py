@@ -5,8 +5,6 @@ no start without `RELAY_TRUSTED_PROXIES`; and `Secure` session cookies behind a 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -16,8 +14,8 @@ import httpx
 import pytest
 
 from ..helpers import assert_error_shape, new_ticket, read_stream, text_of
-from .accounts import PASSWORD, new_user, relay_cli
-from .relay_server import RELAY_BIN, RelayServer, free_port
+from .accounts import COOKIE, PASSWORD, cli_output, new_user, relay_cli
+from .relay_server import RelayServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,7 +44,7 @@ def test_the_proxy_names_the_user_and_their_tickets_are_theirs(proxy_relay: Rela
         me = her.get("/auth/me")
         assert me.status_code == 200, me.text
         assert me.json() == {"user": {"name": alice, "admin": False}, "auth": "proxy"}
-        assert alice in relay_cli(proxy_relay, "users", "list")
+        assert alice in cli_output(proxy_relay, "users", "list")
 
         ticket = new_ticket(her, "mine, through the proxy")
         assert text_of(read_stream(her, ticket["stream_url"])) == "mine, through the proxy"
@@ -75,7 +73,7 @@ def test_a_disabled_proxy_user_is_refused_within_seconds(proxy_relay: RelayServe
     carol = unique("carol")
     with as_user(proxy_relay, carol) as her:
         assert her.get("/auth/me").status_code == 200
-        relay_cli(proxy_relay, "users", "disable", carol)
+        cli_output(proxy_relay, "users", "disable", carol)
         disabled = time.monotonic()
         while (status := her.get("/auth/me").status_code) != 401:
             assert status == 200
@@ -98,19 +96,12 @@ def test_the_header_from_an_address_not_trusted_is_ignored(
         assert_error_shape(her.post("/new", json={"prompt": "let me in"}), 401,
                            "unauthenticated")
         assert_error_shape(her.get("/conversations"), 401, "unauthenticated")
-    assert alice not in relay_cli(relay, "users", "list")
+    assert alice not in cli_output(relay, "users", "list")
 
 
 def test_proxy_mode_will_not_start_without_trusted_proxies(tmp_path: Path) -> None:
-    env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("RELAY_", "OPENAI_")) and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env.update({"RELAY_INSTANCE_PATH": str(tmp_path), "RELAY_AUTH": "proxy"})
-    serve = subprocess.run(
-        [str(RELAY_BIN), "serve", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )
+    serve = relay_cli({"RELAY_INSTANCE_PATH": str(tmp_path), "RELAY_AUTH": "proxy"},
+                      "serve", "--bind", f"127.0.0.1:{free_port()}", "--workers", "1")
     assert serve.returncode != 0, serve.stdout
     assert "RELAY_TRUSTED_PROXIES" in serve.stderr, serve.stderr
     assert "Traceback" not in serve.stderr, serve.stderr
@@ -123,7 +114,7 @@ def session_cookie(relay: RelayServer, name: str, **headers: str) -> str:
                           headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     [cookie] = response.headers.get_list("set-cookie")
-    assert cookie.startswith("relay_session="), cookie
+    assert cookie.startswith(f"{COOKIE}="), cookie
     return cookie
 
 

@@ -25,23 +25,23 @@ import httpx
 import pytest
 import redis
 
-from .relay_server import RelayServer
-from .revocation_helpers import (
+from .accounts import (
     PASSWORD,
-    SECRET,
     Reader,
     bearer,
+    cli_output,
     new_key,
     new_user,
     probe,
     refused_after,
-    run_cli,
     signed_in,
 )
+from .relay_server import RelayServer
 
 pytestmark = [pytest.mark.timeout(120)]
 
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRET = "shared-secret-of-the-two-hosts-0123456789"
 # 4-character chunks 50 ms apart (mock-echo): an answer of 10 s, unless something stops it.
 DELAY_MS = 50
 PROMPT = "revocation must reach every host. " * 24
@@ -129,7 +129,7 @@ def assert_no_reconnect(
 @contextmanager
 def bystander(hosts: Hosts) -> Iterator[None]:
     """Another user's stream on host B during the block, which must go on to its end."""
-    with signed_in(hosts.b.url, new_user(hosts.env)) as http:
+    with signed_in(hosts.b, new_user(hosts.env)) as http:
         reader = start_stream(http)[1]
         yield
         _, done, text = reader.result(timeout=30)
@@ -141,9 +141,10 @@ def bystander(hosts: Hosts) -> Iterator[None]:
 def test_a_key_revoked_on_one_host_is_refused_on_the_other_and_its_stream_ends(
     hosts: Hosts,
 ) -> None:
-    with signed_in(hosts.a.url, new_user(hosts.env)) as on_a, \
+    name = new_user(hosts.env)
+    key_id, key = new_key(hosts.env, name)
+    with signed_in(hosts.a, name) as on_a, \
             httpx.Client(base_url=hosts.b.url, timeout=30) as on_b, bystander(hosts):
-        key_id, key = new_key(on_a)
         url, victim = start_stream(on_b, bearer(key))
         assert on_a.delete(f"/auth/keys/{key_id}").status_code == 204
         since = time.monotonic()
@@ -160,15 +161,15 @@ def test_a_user_disabled_is_refused_on_the_other_host_and_all_their_streams_end(
     hosts: Hosts, by: str
 ) -> None:
     name = new_user(hosts.env)
-    with signed_in(hosts.b.url, name) as on_b, \
+    with signed_in(hosts.b, name) as on_b, \
             httpx.Client(base_url=hosts.b.url, timeout=30) as with_key, bystander(hosts):
-        _, key = new_key(on_b)
+        _, key = new_key(hosts.env, name)
         session_url, by_session = start_stream(on_b)
         key_url, by_key = start_stream(with_key, bearer(key))
         if by == "cli":
-            run_cli(hosts.env, "users", "disable", name)
+            cli_output(hosts.env, "users", "disable", name)
         else:
-            with signed_in(hosts.a.url, new_user(hosts.env, admin=True)) as admin:
+            with signed_in(hosts.a, new_user(hosts.env, admin=True)) as admin:
                 response = admin.patch(f"/admin/users/{name}", json={"disabled": True})
                 assert response.status_code == 200, response.text
         since = time.monotonic()
@@ -188,7 +189,7 @@ def test_signing_out_on_one_host_ends_the_sessions_and_streams_on_the_other(
 ) -> None:
     name = new_user(hosts.env)
     # Two sessions of one user: the stream's on host B, and the one that signs out on host A.
-    with signed_in(hosts.b.url, name) as on_b, signed_in(hosts.a.url, name) as on_a, \
+    with signed_in(hosts.b, name) as on_b, signed_in(hosts.a, name) as on_a, \
             bystander(hosts):
         url, victim = start_stream(on_b)
         if how == "sign-out":
@@ -213,9 +214,9 @@ def test_a_stream_token_stops_working_on_the_other_host_once_its_key_is_revoked(
     hosts: Hosts,
 ) -> None:
     name = new_user(hosts.env)
-    with signed_in(hosts.a.url, name) as on_a, httpx.Client(base_url=hosts.a.url,
-                                                             timeout=30) as with_key:
-        key_id, key = new_key(on_a)
+    with signed_in(hosts.a, name) as on_a, httpx.Client(base_url=hosts.a.url,
+                                                         timeout=30) as with_key:
+        key_id, key = new_key(hosts.env, name)
         made = [with_key.post("/new", json={"prompt": PROMPT, "model": "mock-echo"},
                               headers=bearer(key)).json() for _ in range(2)]
         streamed, unused = made[0]["stream_url"], made[1]["stream_url"]
@@ -286,13 +287,14 @@ def streams_on_both_workers(
 def test_a_key_revoked_without_redis_ends_its_streams_on_every_worker(
     lone_host: Hosts, by: str
 ) -> None:
-    with signed_in(lone_host.a.url, new_user(lone_host.env)) as owner, bystander(lone_host):
-        key_id, key = new_key(owner)
+    name = new_user(lone_host.env)
+    key_id, key = new_key(lone_host.env, name)
+    with signed_in(lone_host.a, name) as owner, bystander(lone_host):
         with streams_on_both_workers(lone_host, headers=bearer(key)) as streams:
             if by == "http":
                 assert owner.delete(f"/auth/keys/{key_id}").status_code == 204
             else:  # from another process: every producer learns it from the store
-                run_cli(lone_host.env, "keys", "revoke", key_id)
+                cli_output(lone_host.env, "keys", "revoke", key_id)
             since = time.monotonic()
             assert_refused(lone_host.a, since, key_of(key))
             for url, reader in streams:
@@ -302,7 +304,7 @@ def test_a_key_revoked_without_redis_ends_its_streams_on_every_worker(
 
 def test_a_sign_out_without_redis_ends_the_streams_on_every_worker(lone_host: Hosts) -> None:
     name = new_user(lone_host.env)
-    with signed_in(lone_host.a.url, name) as streaming, signed_in(lone_host.a.url, name) as other, \
+    with signed_in(lone_host.a, name) as streaming, signed_in(lone_host.a, name) as other, \
             bystander(lone_host):
         cookies = dict(streaming.cookies)
         with streams_on_both_workers(lone_host, cookies=cookies) as streams:
@@ -354,10 +356,10 @@ def test_sign_ins_add_no_gap_to_the_other_streams_of_their_worker(
     instance = tmp_path_factory.mktemp("signins")
     env = {"RELAY_AUTH": "accounts", "RELAY_MOCK_DELAY_MS": "5", "RELAY_SIGNIN_ATTEMPTS": "1000"}
     server = start_relay(env, workers=1, instance=instance)
-    name = new_user({**env, "RELAY_INSTANCE_PATH": str(instance)})
+    name = new_user(server)
     prompt = "many small chunks " * 450  # 1620 chunks of 5 characters: 8 s at 5 ms each
 
-    with signed_in(server.url, name) as http:
+    with signed_in(server, name) as http:
         response = http.post("/new", json={"prompt": prompt, "model": "mock-echo"})
         assert response.status_code == 201, response.text
         reader = Reader(http, response.json()["stream_url"])

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ..helpers import assert_error_shape, read_stream, text_of
-from .accounts import bearer, relay_cli
+from .accounts import COOKIE, bearer, cli_output, new_key
 from .relay_server import RelayServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,7 +49,7 @@ class Run:
         self.keep_cookie(response)
 
     def keep_cookie(self, response: httpx.Response) -> None:
-        value = response.cookies["relay_session"].strip('"')
+        value = response.cookies[COOKIE].strip('"')
         session_token = value.rsplit(".", 1)[0].removeprefix("s:")
         assert len(session_token) >= 20, value
         self.cookies += [value, session_token]
@@ -78,7 +78,7 @@ def test_no_secret_reaches_the_log_or_a_later_response(
     name, password, new_password = "secretive", secret_password(), secret_password()
     wrong = [secret_password(), secret_password()]
     run.passwords += [password, new_password, *wrong]
-    relay_cli(relay, "users", "create", name, "--password-stdin", stdin=password + "\n")
+    cli_output(relay, "users", "create", name, "--password-stdin", stdin=password + "\n")
 
     with run.client() as browser, run.client() as api, \
             httpx.Client(base_url=relay.url, timeout=30) as plain:
@@ -93,7 +93,7 @@ def test_no_secret_reaches_the_log_or_a_later_response(
         created = browser.post("/auth/keys", json={"name": "laptop"})
         assert created.status_code == 201, created.text
         key, key_id = created.json()["key"], created.json()["id"]
-        cli_key = relay_cli(relay, "keys", "create", name).strip().splitlines()[-1]
+        _, cli_key = new_key(relay, name)
         run.keys += [key, cli_key]
         creation = created
 
@@ -147,7 +147,7 @@ def test_no_secret_reaches_the_log_or_a_later_response(
         assert listing.status_code == 200, listing.text
         assert {key[:10], cli_key[:10]} <= {each["prefix"] for each in listing.json()["keys"]}
         assert browser.post("/auth/logout").status_code == 204
-    operator_listing = relay_cli(relay, "keys", "list", name)
+    operator_listing = cli_output(relay, "keys", "list", name)
     assert key[:10] in operator_listing and cli_key[:10] in operator_listing
 
     relay.stop()  # every record written

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ..helpers import assert_error_shape, read_stream, text_of
-from .accounts import bearer, new_key, new_user, relay_cli, signed_in
+from .accounts import bearer, cli_output, new_key, new_user, signed_in
 from .relay_server import RelayServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -42,7 +42,7 @@ def owner(tokens_relay: RelayServer) -> str:
 
 @pytest.fixture(scope="module")
 def key(tokens_relay: RelayServer, owner: str) -> str:
-    return new_key(tokens_relay, owner)
+    return new_key(tokens_relay, owner)[1]
 
 
 @pytest.fixture()
@@ -188,12 +188,9 @@ def test_an_expired_token_cannot_start_a_ticket_as_a_resume_from_zero(
 def test_a_revoked_keys_token_is_refused(
     tokens_relay: RelayServer, owner: str, plain: httpx.Client
 ) -> None:
-    created = relay_cli(tokens_relay, "keys", "create", owner, "--name", "soon revoked")
-    match = re.search(r"created key (key_\S+)", created)
-    assert match, created
-    secret = created.strip().splitlines()[-1]
+    key_id, secret = new_key(tokens_relay, owner, "--name", "soon revoked")
     ticket = key_ticket(tokens_relay, secret, "revoked before it streamed")
-    relay_cli(tokens_relay, "keys", "revoke", match.group(1))
+    cli_output(tokens_relay, "keys", "revoke", key_id)
     deadline = time.monotonic() + 3
     while (response := plain.get(ticket["stream_url"])).status_code != 401:
         assert time.monotonic() < deadline, f"still {response.status_code} after revocation"
