@@ -25,7 +25,7 @@ CASES = [
 def test_a_name_or_id_no_row_can_have_is_not_found(
     start_relay: Callable[..., RelayServer], migrated_postgres: str
 ) -> None:
-    relay = start_relay({"DATABASE_URL": migrated_postgres}, workers=1)
+    relay = start_relay({"DATABASE_URL": migrated_postgres, "RELAY_AUTH": "accounts"}, workers=1)
     with httpx.Client(base_url=relay.url, timeout=30) as admin:
         set_up = admin.post("/auth/setup", json={"username": "root", "password": "correct horse"})
         assert set_up.status_code == 201, set_up.text
