@@ -235,29 +235,33 @@ def claiming(
     raises. Until then it holds the ticket (SQLite's write lock, PostgreSQL's row lock), so the
     winner may send its upstream request first. The block must not wait: on SQLite, every other
     writer waits for it. The request is read before that, while the ticket is pending: its
-    conversation cannot change until the ticket ends.
+    conversation cannot change until the ticket ends. An `admission` (limits) runs in the
+    claim's transaction once it won: its refusal rolls the claim back (the ticket stays pending).
     """
-    request = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
-    if request is None:
+    pending = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
+    if pending is None:
         yield None
         return
+    request, key_id = pending
     now = time.time()
     with sql.Transaction(db.engine) as tx:
         claimed = tx.execute(
             _CLAIM_TICKET, (worker_id, now, now + lease_seconds, ticket_id, owner)
         ).rowcount
+        if claimed == 1 and admission is not None:
+            admission.admit(tx, ticket_id, owner, key_id, request)
         yield request if claimed == 1 else None
 
 
-def _request_if_pending(ticket_id: str, owner: str) -> dict[str, Any] | None:
-    """What the ticket sends upstream, read in a transaction of its own (it writes nothing);
-    None unless it is `owner`'s and pending."""
+def _request_if_pending(ticket_id: str, owner: str) -> tuple[dict[str, Any], str | None] | None:
+    """What the ticket sends upstream and the key that made it, read in a transaction of its
+    own (it writes nothing); None unless it is `owner`'s and pending."""
     with sql.Transaction(db.engine) as tx:
         row = tx.execute(_PENDING_REQUEST, (ticket_id, owner)).fetchone()
         if row is None:  # not a pending ticket of `owner` (or deleted meanwhile)
             return None
         cap = current_app.config["MAX_HISTORY_MESSAGES"]
-        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap)
+        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap), row[2]
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:

@@ -1,0 +1,123 @@
+"""Quotas and concurrent generations through real servers (two gevent workers on SQLite):
+never overdrawn by concurrent requests, and the usage rows equal the stored tickets."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..helpers import read_stream
+from .fake_upstream import FakeUpstream
+from .relay_server import RelayServer
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _open(url: str, cookies: Any, ticket: dict[str, Any]) -> tuple[int, Any, str | None]:
+    """GET the ticket's stream to its end: (status, events or error body, Retry-After)."""
+    with httpx.Client(base_url=url, timeout=60, cookies=cookies) as http:
+        with http.stream("GET", ticket["stream_url"]) as response:
+            if response.status_code != 200:
+                response.read()
+                return response.status_code, response.json(), response.headers.get(
+                    "Retry-After")
+        return 200, read_stream(http, ticket["stream_url"]), None
+
+
+def _store(instance: Path) -> sqlite3.Connection:
+    return sqlite3.connect(instance / "relay.db")
+
+
+def _settled(instance: Path) -> None:
+    """No reservation left; one usage row per finished ticket; totals = sum of the rows."""
+    with closing(_store(instance)) as store:
+        assert store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+        finished = {row[0] for row in store.execute(
+            "SELECT id FROM tickets WHERE status IN ('completed', 'failed', 'cancelled')")}
+        rows = {row[0] for row in store.execute("SELECT ticket_id FROM usage")}
+        assert rows == finished
+        per_owner = dict(store.execute(
+            "SELECT 'user:' || owner, SUM(total_tokens) FROM usage GROUP BY owner "
+            "HAVING SUM(total_tokens) > 0").fetchall())
+        day_totals = dict(store.execute(
+            "SELECT scope, tokens FROM usage_totals WHERE period LIKE 'd:%' AND tokens > 0 "
+            "AND scope LIKE 'user:%'").fetchall())
+        assert day_totals == per_owner
+
+
+def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    instance = tmp_path / "quota"
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo:5", "RELAY_TOKENS_PER_DAY": "300",
+    }, workers=2, instance=instance)
+    tag = uuid.uuid4().hex[:8]
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        # Each reserves its prompt's estimate and 120 (about 180) and spends about 110 (the
+        # fake upstream's 7 for the prompt, one per 3-character chunk): two fit in 300.
+        prompt = "x" * 300
+        tickets = [http.post("/new", json={"prompt": f"{tag}{n:02} {prompt}", "max_tokens": 120})
+                   .json() for n in range(20)]
+        cookies = dict(http.cookies)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda t: _open(relay.url, cookies, t), tickets))
+    admitted = [r for r in results if r[0] == 200]
+    refused = [r for r in results if r[0] != 200]
+    assert admitted and refused
+    for status, body, retry_after in refused:
+        assert status == 429 and body["error"]["code"] == "quota_exceeded", body
+        assert retry_after is not None and 0 < int(retry_after) <= 86400
+    for _, events, _ in admitted:
+        assert events[-1][2]["status"] == "completed"
+    _settled(instance)
+    with closing(_store(instance)) as store:
+        spent = store.execute("SELECT SUM(total_tokens), COUNT(*) FROM usage").fetchone()
+        assert spent[0] <= 300 and spent[1] == len(admitted)
+        # The fake upstream reports usage: the rows are its figures, not estimates.
+        assert store.execute("SELECT COUNT(*) FROM usage WHERE estimated").fetchone()[0] == 0
+        # A refused ticket stays pending, to be streamed once the quota allows.
+        pending = store.execute("SELECT COUNT(*) FROM tickets WHERE status = 'pending'")
+        assert pending.fetchone()[0] == len(refused)
+
+
+def test_concurrent_generations_per_user(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    instance = tmp_path / "generations"
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_MAX_GENERATIONS": "2",
+    }, workers=2, instance=instance)
+    tag = uuid.uuid4().hex[:8]
+    with httpx.Client(base_url=relay.url, timeout=30) as first, \
+            httpx.Client(base_url=relay.url, timeout=30) as second:
+        slow = [first.post("/new", json={"prompt": f"{tag} {n} " + "x" * 60, "model": "echo:100"})
+                .json() for n in range(5)]
+        other = second.post("/new", json={"prompt": f"{tag} other"}).json()
+        cookies = dict(first.cookies)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
+            results = list(pool.map(lambda t: _open(relay.url, cookies, t), slow))
+            # Meanwhile (the two admitted take seconds) another user is unaffected.
+        assert sorted(r[0] for r in results) == [200, 200, 429, 429, 429]
+        for status, body, retry_after in results:
+            if status == 429:
+                assert body["error"]["code"] == "too_many_generations" and retry_after
+        assert read_stream(second, other["stream_url"])[-1][2]["status"] == "completed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with closing(_store(instance)) as store:
+            if store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0:
+                break
+        time.sleep(0.1)
+    _settled(instance)
