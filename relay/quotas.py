@@ -23,7 +23,7 @@ from sqlalchemy import Table, null, select
 
 from . import estimate, sql, usage
 from .db import db
-from .errors import ErrorCode, InvalidRequest, TooManyRequests
+from .errors import ErrorCode, InvalidRequest, NotFound, TooManyRequests
 from .models import ApiKey, User
 from .state import relay_state
 
@@ -231,7 +231,12 @@ def set_limits(kind: str, ident: Any, changes: Any) -> dict[str, int | None]:
             raise InvalidRequest(f"`{name}` is a number of 0 or more (0 or null clears it).")
     table = cast(Table, (User if kind == "user" else ApiKey).__table__)
     with db.engine.begin() as conn:
-        stored = conn.execute(select(table.c.limits).where(table.c.id == ident)).scalar()
+        found = conn.execute(select(table.c.limits).where(table.c.id == ident)).fetchone()
+        if found is None:
+            raise NotFound("No such API key." if kind == "key" else "No such user.",
+                           code=ErrorCode.KEY_NOT_FOUND if kind == "key"
+                           else ErrorCode.USER_NOT_FOUND)
+        stored = found[0]
         merged = {**(stored if isinstance(stored, dict) else {}), **changes}
         merged = {name: value for name, value in merged.items() if value}
         conn.execute(table.update().where(table.c.id == ident).values(
