@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,40 +17,13 @@ import pytest
 from ..helpers import read_stream
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
+from .usage_helpers import assert_settled, open_stream
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _open(url: str, cookies: Any, ticket: dict[str, Any]) -> tuple[int, Any, str | None]:
-    """GET the ticket's stream to its end: (status, events or error body, Retry-After)."""
-    with httpx.Client(base_url=url, timeout=60, cookies=cookies) as http:
-        with http.stream("GET", ticket["stream_url"]) as response:
-            if response.status_code != 200:
-                response.read()
-                return response.status_code, response.json(), response.headers.get(
-                    "Retry-After")
-        return 200, read_stream(http, ticket["stream_url"]), None
-
-
 def _store(instance: Path) -> sqlite3.Connection:
     return sqlite3.connect(instance / "relay.db")
-
-
-def _settled(instance: Path) -> None:
-    """No reservation left; one usage row per finished ticket; totals = sum of the rows."""
-    with closing(_store(instance)) as store:
-        assert store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
-        finished = {row[0] for row in store.execute(
-            "SELECT id FROM tickets WHERE status IN ('completed', 'failed', 'cancelled')")}
-        rows = {row[0] for row in store.execute("SELECT ticket_id FROM usage")}
-        assert rows == finished
-        per_owner = dict(store.execute(
-            "SELECT 'user:' || owner, SUM(total_tokens) FROM usage GROUP BY owner "
-            "HAVING SUM(total_tokens) > 0").fetchall())
-        day_totals = dict(store.execute(
-            "SELECT scope, tokens FROM usage_totals WHERE period LIKE 'd:%' AND tokens > 0 "
-            "AND scope LIKE 'user:%'").fetchall())
-        assert day_totals == per_owner
 
 
 def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
@@ -71,7 +43,7 @@ def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
                    .json() for n in range(20)]
         cookies = dict(http.cookies)
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(lambda t: _open(relay.url, cookies, t), tickets))
+        results = list(pool.map(lambda t: open_stream(relay.url, t, cookies=cookies), tickets))
     admitted = [r for r in results if r[0] == 200]
     refused = [r for r in results if r[0] != 200]
     assert admitted and refused
@@ -80,7 +52,8 @@ def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
         assert retry_after is not None and 0 < int(retry_after) <= 86400
     for _, events, _ in admitted:
         assert events[-1][2]["status"] == "completed"
-    _settled(instance)
+    with closing(_store(instance)) as store:
+        assert_settled(store)
     with closing(_store(instance)) as store:
         spent = store.execute("SELECT SUM(total_tokens), COUNT(*) FROM usage").fetchone()
         assert spent[0] <= 300 and spent[1] == len(admitted)
@@ -107,7 +80,7 @@ def test_concurrent_generations_per_user(
         other = second.post("/new", json={"prompt": f"{tag} other"}).json()
         cookies = dict(first.cookies)
         with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
-            results = list(pool.map(lambda t: _open(relay.url, cookies, t), slow))
+            results = list(pool.map(lambda t: open_stream(relay.url, t, cookies=cookies), slow))
             # Meanwhile (the two admitted take seconds) another user is unaffected.
         assert sorted(r[0] for r in results) == [200, 200, 429, 429, 429]
         for status, body, retry_after in results:
@@ -120,4 +93,5 @@ def test_concurrent_generations_per_user(
             if store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0:
                 break
         time.sleep(0.1)
-    _settled(instance)
+    with closing(_store(instance)) as store:
+        assert_settled(store)
