@@ -19,15 +19,16 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 
+# One group per kind of piece, so that a match says its kind (`lastindex`) without more work.
 _PIECES = re.compile(
-    r"'(?:[sdmt]|ll|ve|re)"  # contractions
-    r"| ?[^\W\d_]+"  # a word, with its leading space
-    r"| ?\d{1,3}"  # digits, three at most
-    r"| ?(?:[^\s\w]|_)+"  # punctuation and symbols
-    r"|\s+(?!\S)|\s+",  # whitespace
+    r"('(?:[sdmt]|ll|ve|re))"  # 1: a contraction
+    r"| ?([A-Za-z]+)"  # 2: an ASCII word, with its leading space
+    r"| ?([^\W\d_]+)"  # 3: another word
+    r"| ?(\d{1,3})"  # 4: digits, three at most
+    r"| ?((?:[^\s\w]|_)+)"  # 5: punctuation and symbols
+    r"|(\s+(?!\S)|\s+)",  # 6: whitespace
     re.IGNORECASE,
 )
-_CONTRACTION = re.compile(r"'(?:[sdmt]|ll|ve|re)", re.IGNORECASE)
 _ASCII_WORD = 6  # characters of an ASCII word per token (most English words are one)
 _SYMBOLS = 2  # characters of a punctuation run per token
 _SPACES = 8  # characters of a whitespace run per token
@@ -38,7 +39,20 @@ PER_REQUEST = 3
 
 def count_tokens(text: str) -> int:
     """The estimated tokens of `text`."""
-    return sum(_piece_tokens(piece) for piece in _PIECES.findall(text))
+    total = 0
+    for match in _PIECES.finditer(text):
+        kind = match.lastindex
+        if kind == 2:
+            total += -(-len(match.group(2)) // _ASCII_WORD)
+        elif kind == 5:
+            total += -(-len(match.group(5)) // _SYMBOLS)
+        elif kind == 6:
+            total += -(-len(match.group(6)) // _SPACES)
+        elif kind == 3:
+            total += _word_tokens(match.group(3))
+        else:
+            total += 1
+    return total
 
 
 def count_prompt(messages: Iterable[Mapping[str, str]]) -> int:
@@ -49,19 +63,6 @@ def count_prompt(messages: Iterable[Mapping[str, str]]) -> int:
     return total + PER_REQUEST if total else 0
 
 
-def _piece_tokens(piece: str) -> int:
-    word = piece.lstrip(" ")
-    if not word:
-        return 1 if piece else 0
-    first = word[0]
-    if first.isspace():
-        return math.ceil(len(piece) / _SPACES)
-    if first.isdigit() or _CONTRACTION.fullmatch(word):
-        return 1
-    if not first.isalpha():
-        return math.ceil(len(word) / _SYMBOLS)
-    if word.isascii():
-        return math.ceil(len(word) / _ASCII_WORD)
+def _word_tokens(word: str) -> int:
     wide = sum(1 for char in word if ord(char) >= _WIDE)
-    narrow = len(word) - wide
-    return wide + math.ceil(narrow / _ASCII_WORD * 1.5)
+    return wide + math.ceil((len(word) - wide) / _ASCII_WORD * 1.5)

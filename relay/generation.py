@@ -117,7 +117,7 @@ class Producer:
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
-                 "reserved")
+                 "model", "reserved")
 
     def __init__(
         self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False
@@ -125,6 +125,7 @@ class Producer:
         self.app = app
         self.ticket_id = ticket_id
         self.messages = request.messages  # for the usage estimate, if the upstream gives none
+        self.model = request.model
         self.reserved = reserved
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
@@ -255,12 +256,15 @@ class Producer:
     def _finish(self, outcome: Outcome) -> None:
         done_seq = self.log.count + 1
         generated = "".join(self.text_parts)
-        spent = usage.Spent(outcome.usage, self.messages, generated, self.reserved)
+        stored = events.storable_text(generated)
+        price = (self.app.config["MODEL_PRICES"] or {}).get(self.model)
+        figures = usage.measure(usage.Spent(outcome.usage, self.messages, generated),
+                                outcome.status, stored, price)
         try:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_generation(
-                    self.ticket_id, worker_id(), outcome, self.take_pending(),
-                    events.storable_text(generated), done_seq, spent,
+                    self.ticket_id, worker_id(), outcome, self.take_pending(), stored, done_seq,
+                    figures, self.reserved,
                 )
         except Exception as exc:
             failure = storage_failure(exc)

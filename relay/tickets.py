@@ -294,24 +294,25 @@ def cancelled_claims(tx: sql.Transaction, worker_id: str) -> list[str]:
 
 def finish_generation(
     ticket_id: str, worker_id: str, outcome: Outcome, pending: Sequence[StoredEvent],
-    text: str, done_seq: int, spent: usage.Spent,
+    text: str, done_seq: int, figures: usage.Figures, reserved: bool,
 ) -> bool:
-    """Store the producer's last deltas, its `done` (id `done_seq`) and what it spent; False
-    when the claim was lost (someone else wrote `done`)."""
-    return _finish(ticket_id, _FINISH_BY_PRODUCER, worker_id, outcome, spent, pending, text,
-                   done_seq) is not None
+    """Store the producer's last deltas, its `done` (id `done_seq`) and what it spent (and
+    release its reservation, if it took one); False when the claim was lost (someone else
+    wrote `done`)."""
+    return _finish(ticket_id, _FINISH_BY_PRODUCER, worker_id, outcome, figures, reserved,
+                   pending, text, done_seq) is not None
 
 
 def reap_if_expired(ticket_id: str) -> int | None:
     """Fail a running ticket whose producer stopped renewing its lease (its worker died);
     returns the id of its `done`, or None if it was not expired."""
-    return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST, None)
+    return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST, None, True)
 
 
 def cancel_pending(ticket_id: str, reason: ErrorCode | None = None) -> int | None:
     """End a ticket nobody has started streaming, with `done` status cancelled."""
     return _finish(ticket_id, _FINISH_PENDING, None, cancelled_outcome(reason),
-                   usage.NOTHING_SENT)
+                   usage.NOTHING_SENT, False)
 
 
 def request_cancel(ticket_id: str, reason: ErrorCode | None = None) -> None:
@@ -368,12 +369,14 @@ def running_tickets(owner: str, key_id: str | None = None, *, keyless: bool = Fa
 
 
 def _finish(
-    ticket_id: str, statement: str, holder: Any, outcome: Outcome, spent: usage.Spent | None,
-    pending: Sequence[StoredEvent] = (), text: str | None = None, done_seq: int | None = None,
+    ticket_id: str, statement: str, holder: Any, outcome: Outcome,
+    figures: usage.Figures | None, release: bool, pending: Sequence[StoredEvent] = (),
+    text: str | None = None, done_seq: int | None = None,
 ) -> int | None:
-    """Write `done` and the usage row if `statement` (with `holder` as its last parameter, when
-    not None) moves the ticket to its final status; returns the `done` id, or None if someone
-    else won. `spent` None: the producer is gone (reaped), its figures come from the store."""
+    """Write `done` and the usage row (releasing the reservation when `release`) if `statement`
+    (with `holder` as its last parameter, when not None) moves the ticket to its final status;
+    returns the `done` id, or None if someone else won. `figures` None: the producer is gone
+    (reaped), they are made from the store."""
     error = outcome.error
     params: list[Any] = [
         str(outcome.status), time.time(), outcome.finish_reason, sql.json_text(outcome.usage),
@@ -396,19 +399,21 @@ def _finish(
             text = events.stored_text(tx, ticket_id)
         if conversation_id is not None and (outcome.status != TicketStatus.CANCELLED or text):
             conversations.store_answer(tx, conversation_id, ticket_id, text, outcome.status)
-        if spent is None:
-            spent = _spent_by_lost_producer(tx, ticket_id, conversation_id, text)
-        figures = usage.record(tx, ticket_id, claimed[1:], outcome.status, text, spent)
-    usage.count(figures)
+        if figures is None:
+            figures = _spent_by_lost_producer(tx, ticket_id, conversation_id, outcome, text)
+        usage.record(tx, ticket_id, claimed[1:], outcome.status, figures, release)
+    usage.count(claimed[3], figures)
     return done_seq
 
 
 def _spent_by_lost_producer(
-    tx: sql.Transaction, ticket_id: str, conversation_id: str | None, text: str
-) -> usage.Spent:
+    tx: sql.Transaction, ticket_id: str, conversation_id: str | None, outcome: Outcome, text: str
+) -> usage.Figures:
     """What a reaped ticket spent as far as the store knows: the request its claim sent (the
     conversation has not changed since), and the stored answer as what was generated."""
     options = sql.json_value(tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()[0])
     cap = current_app.config["MAX_HISTORY_MESSAGES"]
     request = conversations.upstream_request(tx, conversation_id, options, cap)
-    return usage.Spent(None, request["messages"], text, True)
+    price = (current_app.config["MODEL_PRICES"] or {}).get(options.get("model"))
+    spent = usage.Spent(None, request["messages"], text)
+    return usage.measure(spent, outcome.status, text, price)

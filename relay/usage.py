@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
 from sqlalchemy import Integer, cast, func, select
 
 from . import estimate, metrics, sql
@@ -41,15 +40,10 @@ class Spent:
     reported: dict[str, Any] | None  # the upstream's usage
     messages: list[dict[str, str]]  # sent upstream
     generated: str  # every text delta generated
-    reserved: bool  # whether its claim took a reservation
-
-
-NOTHING_SENT = Spent(None, [], "", False)
 
 
 @dataclass(frozen=True)
 class Figures:
-    model: str
     prompt_tokens: int
     completion_tokens: int
     delivered_tokens: int
@@ -61,6 +55,9 @@ class Figures:
         return self.prompt_tokens + self.completion_tokens
 
 
+NOTHING_SENT = Figures(0, 0, 0, False, None)
+
+
 def day_and_month(now: float) -> tuple[str, str]:
     """The UTC day (`YYYY-MM-DD`) and month (`YYYY-MM`) of a timestamp."""
     day = time.strftime("%Y-%m-%d", time.gmtime(now))
@@ -68,15 +65,14 @@ def day_and_month(now: float) -> tuple[str, str]:
 
 
 def record(
-    tx: sql.Transaction, ticket_id: str, ticket: Any, status: TicketStatus, stored_text: str,
-    spent: Spent,
-) -> Figures:
-    """In the finish's transaction: release the ticket's reservation, insert its usage row, add
-    it to the totals. `ticket` holds owner, key_id and model."""
-    if spent.reserved:
+    tx: sql.Transaction, ticket_id: str, ticket: Any, status: TicketStatus, figures: Figures,
+    release: bool,
+) -> None:
+    """In the finish's transaction: release the ticket's reservation (when its claim took one),
+    insert its usage row, add it to the totals. `ticket` holds owner, key_id and model."""
+    if release:
         tx.execute(_RELEASE, (ticket_id,))
     owner, key_id, model = ticket
-    figures = measure(model, spent, status, stored_text, current_app.config["MODEL_PRICES"])
     now = time.time()
     day, month = day_and_month(now)
     tx.execute(_INSERT_USAGE, (
@@ -90,14 +86,14 @@ def record(
             rows += [(f"key:{key_id}", f"d:{day}"), (f"key:{key_id}", f"m:{month}")]
         tx.execute(ADD_TOTALS.format(", ".join(["(?, ?, ?)"] * len(rows))),
                    [value for row in rows for value in (*row, figures.total_tokens)])
-    return figures
 
 
 def measure(
-    model: str, spent: Spent, status: TicketStatus, stored_text: str,
-    prices: dict[str, tuple[float, float]] | None,
+    spent: Spent, status: TicketStatus, stored_text: str, price: tuple[float, float] | None
 ) -> Figures:
-    """The figures of a finished ticket: the upstream's when it reported both counts."""
+    """The figures of a finished ticket: the upstream's when it reported both counts. (Made
+    before the finish's transaction when the producer can: an estimate of a long answer takes
+    milliseconds, which no transaction should hold its locks for.)"""
     reported = spent.reported or {}
     said = reported.get("prompt_tokens"), reported.get("completion_tokens")
     estimated = not all(_is_count(value) for value in said)
@@ -108,25 +104,29 @@ def measure(
         prompt, completion = int(said[0] or 0), int(said[1] or 0)
     if not estimated and status == TicketStatus.COMPLETED and stored_text == spent.generated:
         delivered = completion
+    elif stored_text == spent.generated and estimated:
+        delivered = completion
     else:
         delivered = estimate.count_tokens(stored_text)
-    price = (prices or {}).get(model)
     cost = None if price is None else round(
         prompt / 1000 * price[0] + completion / 1000 * price[1], 8)
-    return Figures(model, prompt, completion, delivered, estimated, cost)
+    return Figures(prompt, completion, delivered, estimated, cost)
 
 
-def count(figures: Figures) -> None:
-    """Add a committed usage row to the Prometheus counters."""
-    model = figures.model
+def count(model: str, figures: Figures) -> None:
+    """Add a committed usage row to the Prometheus counters (at the loop's next turn)."""
     if model not in _model_labels:
         if len(_model_labels) >= _MAX_MODEL_LABELS:
             model = "other"
         else:
             _model_labels.add(model)
     estimated = "true" if figures.estimated else "false"
-    metrics.TOKENS.labels("prompt", model, estimated).inc(figures.prompt_tokens)
-    metrics.TOKENS.labels("completion", model, estimated).inc(figures.completion_tokens)
+
+    def update() -> None:
+        metrics.TOKENS.labels("prompt", model, estimated).inc(figures.prompt_tokens)
+        metrics.TOKENS.labels("completion", model, estimated).inc(figures.completion_tokens)
+
+    metrics.soon(update)
 
 
 def _is_count(value: Any) -> bool:

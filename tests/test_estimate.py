@@ -19,7 +19,7 @@ CASES = [
     ("    x = 1", 4),  # indentation, x, ␠=, ␠1
     ("a\n\nb", 4),  # line breaks are pieces of their own
     ("日本語", 3),  # one token per character from U+0800
-    ("café", 1),
+    ("café", 2),  # caf é: an ASCII run, then the rest of the word
     ("```python", 3),  # a run of symbols: one token per two
     (" ", 1),
     ("\n", 1),
