@@ -82,16 +82,23 @@ def test_concurrent_generations_per_user(
             httpx.Client(base_url=relay.url, timeout=30) as second:
         slow = [first.post("/new", json={"prompt": f"{tag} {n} " + "x" * 60, "model": "echo:100"})
                 .json() for n in range(5)]
-        other = second.post("/new", json={"prompt": f"{tag} other"}).json()
+        other = second.post("/new", json={"prompt": "someone else"}).json()
         cookies = dict(first.cookies)
         with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
-            results = list(pool.map(lambda t: open_stream(relay.url, t, cookies=cookies), slow))
-            # Meanwhile (the two admitted take seconds) another user is unaffected.
+            futures = [pool.submit(open_stream, relay.url, t, cookies=cookies) for t in slow]
+            deadline = time.monotonic() + 10
+            while len(upstream.calls_with(tag)) < 2:
+                assert time.monotonic() < deadline, "the two admitted did not start"
+                time.sleep(0.02)
+            # While the first user's two generate (two seconds each), another is unaffected.
+            assert read_stream(second, other["stream_url"])[-1][2]["status"] == "completed"
+            assert not any(call.completed for call in upstream.calls_with(tag))
+            results = [future.result() for future in futures]
         assert sorted(r[0] for r in results) == [200, 200, 429, 429, 429]
+        assert len(upstream.calls_with(tag)) == 2  # the refused never reached the upstream
         for status, body, retry_after in results:
             if status == 429:
                 assert body["error"]["code"] == "too_many_generations" and retry_after
-        assert read_stream(second, other["stream_url"])[-1][2]["status"] == "completed"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with closing(_store(instance)) as store:
