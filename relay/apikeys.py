@@ -94,7 +94,9 @@ def revoke_key(key_id: str, user: UserInfo | None = None) -> dict[str, Any]:
     if user is not None:
         query = query.where(_keys.c.user_id == user.id)
     with db.engine.begin() as conn:
-        found = conn.execute(query).fetchone() if isinstance(key_id, str) else None
+        # No id holds a NUL, and PostgreSQL cannot compare text with one.
+        usable = isinstance(key_id, str) and "\x00" not in key_id
+        found = conn.execute(query).fetchone() if usable else None
         if found is None:
             raise NotFound("No such API key.", code=ErrorCode.KEY_NOT_FOUND)
         conn.execute(update(_keys).where(_keys.c.id == key_id, _keys.c.revoked_at.is_(None))

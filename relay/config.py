@@ -175,14 +175,15 @@ SETTINGS: tuple[Setting, ...] = (
             "it sooner, on every worker and host within seconds."),
     Setting("RELAY_STREAM_TOKEN_SECONDS", "STREAM_TOKEN_SECONDS", 60.0, _positive(float),
             "How long the `access_token` in a key-made ticket's `stream_url` may start a "
-            "stream; after that it only resumes (with `Last-Event-ID`) until the ticket ends."),
+            "stream; after that it only resumes (with `Last-Event-ID`) while the ticket runs and "
+            "for as long again after it ended."),
     Setting("RELAY_PROXY_USER_HEADER", "PROXY_USER_HEADER", "X-Forwarded-User", str,
             "In `proxy` mode, the header that names the signed-in user (oauth2-proxy: "
             "`X-Forwarded-User`; Authelia: `Remote-User`). Users are created on first sight."),
     Setting("RELAY_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _addresses,
             "Comma-separated addresses or networks of reverse proxies relay trusts: for the "
             "user header in `proxy` mode (required there) and for `X-Forwarded-Proto` (is the "
-            "request HTTPS, for `Secure` cookies). Empty: gunicorn's default, 127.0.0.1 only, "
+            "request HTTPS, for `Secure` cookies). Empty: gunicorn's default, 127.0.0.1 and ::1, "
             "for `X-Forwarded-Proto`."),
     Setting("RELAY_CORS_ORIGINS", "CORS_ORIGINS", (), _origins,
             "Comma-separated origins (`https://app.example`) whose pages may call relay's API "

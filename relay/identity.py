@@ -74,7 +74,7 @@ NOBODY = Principal(None, AuthKind.ANONYMOUS)
 # description, and what signing in needs.
 PUBLIC_ENDPOINTS = frozenset({
     "web.index", "web.static_file", "ops.healthz", "ops.openapi_document",
-    "auth.login", "auth.set_up", "auth.me",
+    "auth.login", "auth.set_up", "auth.me", "auth.logout",
 })
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -140,7 +140,8 @@ def proxy_user(name: str) -> UserInfo | None:
 
 def find_user(name: str) -> UserInfo:
     """The user with this name (enabled or not), else 404 `user_not_found`."""
-    row = _row(name) if isinstance(name, str) else None
+    # No name holds a NUL, and PostgreSQL cannot compare text with one.
+    row = _row(name) if isinstance(name, str) and "\x00" not in name else None
     if row is None:
         raise NotFound(f"No user named {name}.", code=ErrorCode.USER_NOT_FOUND)
     return UserInfo.of(row)

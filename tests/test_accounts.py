@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from relay import apikeys, generation, tickets, users
 from relay.errors import Conflict, ErrorCode
+from relay.signin import SignInLimiter
 from relay.validation import parse_new_ticket
 
 PASSWORD = "correct horse"
@@ -232,3 +233,29 @@ def test_a_cancel_by_its_owner_has_no_error() -> None:
     assert tickets.cancelled_outcome("something else").error is None
     outcome = tickets.cancelled_outcome(ErrorCode.KEY_REVOKED)
     assert outcome.error is not None and outcome.error["code"] == "key_revoked"
+
+
+def test_set_up_is_for_accounts_mode_only(client: FlaskClient) -> None:
+    response = client.post("/auth/setup", json={"username": "root", "password": PASSWORD})
+    assert response.status_code == 400
+    assert client.get("/auth/me").get_json() == {"user": None, "auth": "open"}
+
+
+def test_signing_out_keeps_an_anonymous_visitors_identity(client: FlaskClient) -> None:
+    made = client.post("/new", json={"prompt": "mine"}).get_json()
+    assert client.post("/auth/logout").status_code == 204
+    assert client.get(f"/tickets/{made['id']}").status_code == 200
+
+
+def test_signing_out_with_nobody_signed_in_is_fine(accounts: Flask) -> None:
+    assert accounts.test_client().post("/auth/logout").status_code == 204
+
+
+def test_wrong_current_passwords_are_limited_like_sign_ins(accounts: Flask) -> None:
+    accounts.extensions["relay"].signin = SignInLimiter(None, 2)
+    make_user(accounts, "alice")
+    alice = sign_in(accounts, "alice")
+    body = {"current_password": "wrong wrong", "new_password": "a new password"}
+    assert [alice.post("/auth/password", json=body).status_code for _ in range(3)] == [
+        401, 401, 429
+    ]

@@ -66,9 +66,15 @@ def test_the_error_code_enum_is_relays_vocabulary() -> None:
     assert len(enum) == len(set(enum))
 
 
+# `GET /auth/me` says, with its 401, which mode relay is in and whether the first admin must be
+# set up (the page's sign-in or set-up screen): the contract's `error`, and those two beside it.
+_ERRORS_WITH_MORE = {("/auth/me", "GET", "401"): "SignInRequired"}
+
+
 def test_every_error_response_has_the_contracts_shape() -> None:
     doc = document()
     shared = doc["components"]["responses"]
+    schemas = doc["components"]["schemas"]
     for (path, method), operation in operations(doc).items():
         for status, response in operation["responses"].items():
             if int(status) < 400:
@@ -79,6 +85,13 @@ def test_every_error_response_has_the_contracts_shape() -> None:
                 assert "content" not in response, f"{method} {path} {status}"
                 continue
             expected = "OpenAIError" if path.startswith("/v1/") else "Error"
+            if (path, method, status) in _ERRORS_WITH_MORE:
+                expected = _ERRORS_WITH_MORE[path, method, status]
+                assert schemas[expected]["required"] == ["error"]
+                assert schemas[expected]["additionalProperties"] is False
+                assert schemas[expected]["properties"]["error"] == (
+                    schemas["Error"]["properties"]["error"]
+                ), f"{method} {path} {status}"
             assert response["content"] == {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{expected}"}}
             }, f"{method} {path} {status}"

@@ -47,8 +47,9 @@ APP_TABLE, SERVER_TABLE = _settings_tables(README)
 
 
 def _readme_default(value: Any) -> str:
-    """How the README writes a default: `(unset)`, or the value as it would be set, in code."""
-    if value is None:
+    """How the README writes a default: `(unset)` (nothing, or an empty list), or the value as
+    it would be set, in code."""
+    if value is None or value == ():
         return "(unset)"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
@@ -94,8 +95,8 @@ def test_the_server_table_names_exactly_what_the_gunicorn_config_reads() -> None
 
 @pytest.mark.parametrize(
     ("value", "written"),
-    [(None, "(unset)"), ("auto", "`auto`"), (15.0, "`15`"), (2.5, "`2.5`"), (2000, "`2000`"),
-     (False, "`false`"), (True, "`true`")],
+    [(None, "(unset)"), ((), "(unset)"), ("auto", "`auto`"), (15.0, "`15`"), (2.5, "`2.5`"),
+     (2000, "`2000`"), (False, "`false`"), (True, "`true`")],
 )
 def test_defaults_are_written_as_they_would_be_set(value: Any, written: str) -> None:
     assert _readme_default(value) == written

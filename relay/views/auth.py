@@ -34,11 +34,12 @@ def login() -> Response:
 
 @bp.post("/logout")
 def logout() -> tuple[str, int]:
-    """Sign out: every session of the user ends, on every worker and host."""
+    """Sign out: every session of the user ends, on every worker and host. An open relay's
+    anonymous visitor keeps their identity (it is all that holds their conversations)."""
     principal = current_principal()
     if principal.kind == AuthKind.SESSION and principal.user is not None:
         sessions.end_sessions(principal.user, ErrorCode.SESSION_ENDED)
-    session.clear()
+        session.clear()
     return "", 204
 
 
@@ -60,8 +61,9 @@ def me() -> tuple[Response, int]:
 
 @bp.post("/setup")
 def set_up() -> tuple[Response, int]:
-    """Create the first admin of a relay that has none, and sign them in."""
-    _refuse_behind_proxy()
+    """Create the first admin of an accounts relay that has no user yet, and sign them in."""
+    if current_app.config["AUTH"] != AuthMode.ACCOUNTS:  # an open relay's visitors are anyone
+        raise InvalidRequest("Set-up is for RELAY_AUTH=accounts; use `relay users create`.")
     body = read_body(request)
     user = users.set_up_first_admin(
         users.check_username(body.get("username")), users.check_password(body.get("password"))
@@ -77,7 +79,11 @@ def change_password() -> tuple[str, int]:
     user = _signed_in().user
     assert user is not None
     body = read_body(request)
+    address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
+    limiter = relay_state().signin
+    limiter.check(user.name, address)
     if users.authenticate(user.name, body.get("current_password")) is None:
+        limiter.failed(user.name, address)
         raise Unauthenticated("The current password is wrong.",
                               code=ErrorCode.INVALID_CREDENTIALS)
     users.set_password(user.name, users.check_password(body.get("new_password")))
