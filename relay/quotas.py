@@ -110,6 +110,12 @@ class Admission:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.reserved = False
+        self.prompt_tokens = 0
+
+    def prepare(self, request: dict[str, Any]) -> None:
+        """Estimate the prompt before the claim's transaction, which should hold no lock for
+        it."""
+        self.prompt_tokens = estimate.count_prompt(request["messages"])
 
     def admit(self, tx: sql.Transaction, ticket_id: str, owner: str, key_id: str | None,
               request: dict[str, Any]) -> None:
@@ -122,7 +128,7 @@ class Admission:
         if any(scope.limits.tokens() for scope in scopes):
             cap = request.get("max_tokens") or self.config["DEFAULT_MAX_TOKENS_RESERVED"]
             request["max_tokens"] = cap  # what is reserved is all the upstream may answer
-            need = estimate.count_prompt(request["messages"]) + cap
+            need = self.prompt_tokens + cap
         now = time.time()
         day, month = usage.day_and_month(now)
         for scope in scopes:  # users before keys, in every transaction: no deadlock

@@ -216,7 +216,10 @@ def active_tickets(conversation_id: str) -> list[Any]:
 
 
 class Admission(Protocol):
-    """What a claim runs in its transaction before it commits: reserve, or refuse by raising."""
+    """What a claim runs in its transaction before it commits: reserve, or refuse by raising
+    (`prepare` runs before the transaction, for what needs no lock)."""
+
+    def prepare(self, request: dict[str, Any]) -> None: ...
 
     def admit(self, tx: sql.Transaction, ticket_id: str, owner: str, key_id: str | None,
               request: dict[str, Any]) -> None: ...
@@ -243,6 +246,8 @@ def claiming(
         yield None
         return
     request, key_id = pending
+    if admission is not None:
+        admission.prepare(request)
     now = time.time()
     with sql.Transaction(db.engine) as tx:
         claimed = tx.execute(
