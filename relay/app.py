@@ -81,10 +81,10 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         signin=SignInLimiter(config["REDIS_URL"], config["SIGNIN_ATTEMPTS"]),
     )
 
-    from .views import admin, api, auth, compat, conversations, ops, stream, web
+    from .views import admin, api, auth, compat, conversations, ops, stream, usage, web
 
     for blueprint in (api.bp, stream.bp, conversations.bp, compat.bp, ops.bp, web.bp, auth.bp,
-                      admin.bp):
+                      admin.bp, usage.bp):
         app.register_blueprint(blueprint)
     app.before_request(check_access)
     if config["CORS_ORIGINS"]:

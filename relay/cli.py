@@ -3,7 +3,9 @@ operator's `relay users ...` and `relay keys ...`."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -16,7 +18,7 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from flask_migrate import upgrade
 
-from . import apikeys, create_app, users
+from . import apikeys, create_app, quotas, usage, users
 from .config import ConfigError
 from .db import MIGRATIONS_DIR, SchemaBehind, check_schema, db
 from .errors import RelayError
@@ -173,6 +175,81 @@ def keys_revoke(key_id: str) -> None:
     with _refusals():
         apikeys.revoke_key(key_id)
     click.echo(f"revoked key {key_id}")
+
+
+class _Limit(click.ParamType):
+    """A limit's new value: a number, or 0 / `none` to clear it."""
+
+    name = "N|none"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int) or str(value).isdigit():
+            return int(value)
+        if str(value).lower() == "none":
+            return 0
+        self.fail(f"{value!r} is not a number of 0 or more, or none", param, ctx)
+
+
+def _limit_options(command: Any) -> Any:
+    for name in reversed(quotas.LIMIT_NAMES):
+        flag = "--" + name.replace("_", "-")
+        command = click.option(flag, name, type=_Limit(),
+                               help="0 or none clears it (the setting applies).")(command)
+    return command
+
+
+def _set_limits(kind: str, ident: Any, label: str, changes: dict[str, int | None]) -> None:
+    given = {name: value for name, value in changes.items() if value is not None}
+    with _refusals():
+        stored = quotas.set_limits(kind, ident, given)
+    shown = ", ".join(f"{name}={value if value else 'setting'}" for name, value in stored.items())
+    click.echo(f"limits of {label}: {shown}")
+
+
+@users_group.command("limits")
+@click.argument("name")
+@_limit_options
+@with_appcontext
+def users_limits(name: str, **changes: int | None) -> None:
+    """Show or change a user's limits (overriding RELAY_TOKENS_PER_DAY, ...)."""
+    with _refusals():
+        user = users.find_user(name)
+    _set_limits("user", user.id, f"user {name}", changes)
+
+
+@keys_group.command("limits")
+@click.argument("key_id")
+@_limit_options
+@with_appcontext
+def keys_limits(key_id: str, **changes: int | None) -> None:
+    """Show or change a key's limits (overriding RELAY_KEY_TOKENS_PER_DAY, ...)."""
+    _set_limits("key", key_id, f"key {key_id}", changes)
+
+
+@main.command("usage")
+@click.option("--user", "user_name", help="Only this user's usage (with all their keys).")
+@click.option("--key", "key_id", help="Only the usage of this API key.")
+@click.option("--since", help="From this UTC day on (YYYY-MM-DD).")
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of a table.")
+@with_appcontext
+def usage_command(user_name: str | None, key_id: str | None, since: str | None,
+                  as_json: bool) -> None:
+    """Tokens used per user, day and model (`GET /usage` shows a caller theirs)."""
+    if since is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", since):
+        raise click.BadParameter("a day, YYYY-MM-DD", param_hint="--since")
+    with _refusals():
+        owner = users.find_user(user_name).owner if user_name else None
+    names = {f"user:{u['id']}": u["name"] for u in users.list_user_ids()}
+    rows = [{"user": names.get(row["owner"], row["owner"]), **row}
+            for row in usage.report(owner, key_id, since)]
+    if as_json:
+        click.echo(json.dumps({"totals": usage.summed(rows), "rows": rows}, indent=2))
+        return
+    _table(("USER", "DAY", "MODEL", "TICKETS", "PROMPT", "COMPLETION", "TOTAL", "ESTIMATED",
+            "COST"),
+           [(row["user"], row["day"], row["model"], row["tickets"], row["prompt_tokens"],
+             row["completion_tokens"], row["total_tokens"], "yes" if row["estimated"] else "",
+             "-" if row["cost"] is None else f"{row['cost']:.4f}") for row in rows])
 
 
 def _read_password(from_stdin: bool) -> str:

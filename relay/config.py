@@ -7,6 +7,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,24 @@ def _origins(raw: str) -> tuple[str, ...]:
         if scheme not in ("http", "https") or not host or "/" in host:
             raise ValueError(f"{origin!r} is not an origin like https://app.example")
     return origins
+
+
+def _prices(raw: str) -> dict[str, tuple[float, float]]:
+    try:
+        table = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(table, dict):
+        raise ValueError('expected {"model": [usd_per_1k_prompt, usd_per_1k_completion]}')
+    prices: dict[str, tuple[float, float]] = {}
+    for model, pair in table.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(p, int | float) and not isinstance(p, bool) and p >= 0 for p in pair
+        )):
+            raise ValueError(f"the price of {model!r} is not [usd_per_1k_prompt, "
+                             "usd_per_1k_completion]")
+        prices[model] = (float(pair[0]), float(pair[1]))
+    return prices
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,30 @@ SETTINGS: tuple[Setting, ...] = (
             "Failed sign-ins allowed per user in 15 minutes (per address: four times this); "
             "then `429` `rate_limited` with `Retry-After`. Counted in Redis when configured, "
             "else per worker."),
+    Setting("RELAY_TOKENS_PER_DAY", "TOKENS_PER_DAY", None, _positive(int),
+            "Tokens (prompt and answer) each user may spend per UTC day; an anonymous visitor "
+            "of an open relay counts as a user. A generation reserves its prompt's estimate "
+            "and its answer's cap first and is refused (`429` `quota_exceeded`) when that does "
+            "not fit. Unset: no quota. `relay users limits` overrides it per user."),
+    Setting("RELAY_TOKENS_PER_MONTH", "TOKENS_PER_MONTH", None, _positive(int),
+            "Tokens each user may spend per UTC month, as `RELAY_TOKENS_PER_DAY`."),
+    Setting("RELAY_KEY_TOKENS_PER_DAY", "KEY_TOKENS_PER_DAY", None, _positive(int),
+            "Tokens the tickets of each API key may spend per UTC day (on top of its user's "
+            "quota). Unset: no quota. `relay keys limits` overrides it per key."),
+    Setting("RELAY_KEY_TOKENS_PER_MONTH", "KEY_TOKENS_PER_MONTH", None, _positive(int),
+            "Tokens each API key may spend per UTC month, as `RELAY_KEY_TOKENS_PER_DAY`."),
+    Setting("RELAY_MAX_GENERATIONS", "MAX_GENERATIONS", None, _positive(int),
+            "Answers each user, and each API key, may have generating at once, on every worker "
+            "and host together; one more is refused (`429` `too_many_generations`). Unset: no "
+            "limit."),
+    Setting("RELAY_DEFAULT_MAX_TOKENS_RESERVED", "DEFAULT_MAX_TOKENS_RESERVED", 4096,
+            _positive(int),
+            "Under a token quota, the answer's cap reserved (and sent upstream as `max_tokens`) "
+            "for a request that names no `max_tokens`."),
+    Setting("RELAY_MODEL_PRICES", "MODEL_PRICES", None, _prices,
+            "Prices per model for the cost in usage records, as JSON: "
+            "`{\"model\": [usd_per_1k_prompt, usd_per_1k_completion]}`. A model without a "
+            "price has no cost."),
     Setting("RELAY_INSTANCE_PATH", "INSTANCE_PATH", None, str,
             "Folder for the SQLite file and the generated secret; default `./instance`."),
     Setting("RELAY_LOG_LEVEL", "LOG_LEVEL", "INFO",

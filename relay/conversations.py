@@ -14,7 +14,15 @@ from . import sql
 from .db import db
 from .errors import ConversationNotFound, InvalidRequest
 from .ids import is_valid_id
-from .models import ACTIVE_STATUSES, Conversation, Message, Ticket, TicketEvent, TicketStatus
+from .models import (
+    ACTIVE_STATUSES,
+    Conversation,
+    Message,
+    Reservation,
+    Ticket,
+    TicketEvent,
+    TicketStatus,
+)
 from .validation import NewTicket
 
 _conversations = Conversation.__table__
@@ -200,6 +208,8 @@ def rename_conversation(conversation: Conversation, title: str) -> None:
 def delete_conversation(conversation: Conversation) -> None:
     """Delete a conversation with its messages, tickets and their events."""
     ticket_ids = select(Ticket.id).where(Ticket.conversation_id == conversation.id)
+    # A ticket deleted while generating is never finished: its reservation goes with it.
+    db.session.execute(delete(Reservation).where(Reservation.ticket_id.in_(ticket_ids)))
     db.session.execute(delete(TicketEvent).where(TicketEvent.ticket_id.in_(ticket_ids)))
     db.session.execute(delete(Ticket).where(Ticket.conversation_id == conversation.id))
     db.session.execute(delete(Message).where(Message.conversation_id == conversation.id))

@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     CONVERSATION_BUSY = "conversation_busy"
     RATE_LIMITED = "rate_limited"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    TOO_MANY_GENERATIONS = "too_many_generations"
     # Who is calling (CONTRACT.md).
     UNAUTHENTICATED = "unauthenticated"
     INVALID_CREDENTIALS = "invalid_credentials"

@@ -18,7 +18,7 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import events, metrics, sse, tickets
+from . import events, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
 from .errors import ErrorCode
@@ -69,11 +69,13 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
     """
     producer: Producer | None = None
     lease_seconds = app.config["LEASE_SECONDS"]
+    admission = quotas.admission(app)  # None unless a limit may apply
     try:
-        with tickets.claiming(ticket_id, owner, worker_id(), lease_seconds) as request:
+        with tickets.claiming(ticket_id, owner, worker_id(), lease_seconds, admission) as request:
             if request is None:
                 return False
-            producer = Producer(app, ticket_id, ChatRequest.from_stored(request))
+            reserved = admission is not None and admission.reserved
+            producer = Producer(app, ticket_id, ChatRequest.from_stored(request), reserved)
     except BaseException:
         if producer is not None:
             producer.chunks.close()
@@ -114,11 +116,17 @@ class Producer:
     """One ticket's generation: the upstream call, its LiveLog, and the chunks not yet stored."""
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
-                 "text_parts", "greenlet", "waiting", "stop_reason", "started")
+                 "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
+                 "model", "reserved")
 
-    def __init__(self, app: Flask, ticket_id: str, request: ChatRequest) -> None:
+    def __init__(
+        self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False
+    ) -> None:
         self.app = app
         self.ticket_id = ticket_id
+        self.messages = request.messages  # for the usage estimate, if the upstream gives none
+        self.model = request.model
+        self.reserved = reserved
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
         # Made in the claiming request's greenlet, which may send the request at once.
@@ -247,11 +255,16 @@ class Producer:
 
     def _finish(self, outcome: Outcome) -> None:
         done_seq = self.log.count + 1
+        generated = "".join(self.text_parts)
+        stored = events.storable_text(generated)
+        price = (self.app.config["MODEL_PRICES"] or {}).get(self.model)
+        figures = usage.measure(usage.Spent(outcome.usage, self.messages, generated),
+                                outcome.status, stored, price)
         try:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_generation(
-                    self.ticket_id, worker_id(), outcome, self.take_pending(),
-                    events.storable_text("".join(self.text_parts)), done_seq,
+                    self.ticket_id, worker_id(), outcome, self.take_pending(), stored, done_seq,
+                    figures, self.reserved,
                 )
         except Exception as exc:
             failure = storage_failure(exc)

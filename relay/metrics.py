@@ -25,6 +25,10 @@ TICKETS_CREATED = Counter("relay_tickets_created", "Tickets created by POST /new
 TICKETS_FINISHED = Counter(
     "relay_tickets_finished", "Tickets that reached a final status.", ["status", "error_code"]
 )
+TOKENS = Counter(
+    "relay_tokens", "Tokens of finished tickets (the upstream's counts, or estimated).",
+    ["kind", "model", "estimated"],
+)
 CHUNKS_RELAYED = Counter("relay_chunks_relayed", "Upstream text chunks stored for streaming.")
 STREAMS_OPEN = Gauge(
     "relay_streams_open", "Open GET /sse responses.", multiprocess_mode="livesum"

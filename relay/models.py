@@ -7,7 +7,18 @@ import time
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import db
@@ -130,6 +141,8 @@ class User(Model):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     disabled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Overrides of the limit settings (`quotas.LIMIT_NAMES`; a missing or null one: the setting).
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class AuthSession(Model):
@@ -163,6 +176,56 @@ class ApiKey(Model):
     expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Usage(Model):
+    """What one finished ticket spent: written with its `done`, in the same transaction. No
+    foreign key: usage outlives a deleted conversation and its tickets."""
+
+    __tablename__ = "usage"
+    __table_args__ = (
+        Index("ix_usage_owner_day", "owner", "day"),
+        Index("ix_usage_key_day", "key_id", "day"),
+    )
+
+    ticket_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str] = mapped_column(String(200))
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD, UTC, of the finish
+    status: Mapped[str] = mapped_column(String(16))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)  # generated
+    delivered_tokens: Mapped[int] = mapped_column(Integer)  # of the stored answer
+    total_tokens: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class UsageTotal(Model):
+    """Tokens per scope (`user:<owner>`, `key:<key_id>`) and period (`d:YYYY-MM-DD`,
+    `m:YYYY-MM`), kept with every usage row: what a quota check reads, and locks."""
+
+    __tablename__ = "usage_totals"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period: Mapped[str] = mapped_column(String(12), primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Reservation(Model):
+    """Tokens (prompt estimate plus the answer's cap) held by a generating ticket: inserted by
+    its claim, deleted by its finish, each in that one's transaction."""
+
+    __tablename__ = "reservations"
+
+    ticket_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    key_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class FirstAdmin(Model):

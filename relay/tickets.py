@@ -19,12 +19,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from flask import current_app
 from sqlalchemy import Table, bindparam, select, update
 
-from . import conversations, events, sql
+from . import conversations, events, sql, usage
 from .db import db
 from .errors import Conflict, ConversationNotFound, ErrorCode, InvalidRequest, TicketNotFound
 from .events import Outcome, StoredEvent
@@ -43,7 +43,7 @@ _INSERT_TICKET = (
     "cancel_requested, created_at, key_id) VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)"
 )
 _PENDING_REQUEST = (
-    "SELECT conversation_id, request FROM tickets "
+    "SELECT conversation_id, request, key_id FROM tickets "
     "WHERE id = ? AND owner = ? AND status = 'pending'"
 )
 _CLAIM_TICKET = (
@@ -61,7 +61,8 @@ _SELECT_CLAIMS = "SELECT id, status, claimed_by, cancel_requested FROM tickets W
 _FINISH = (
     "UPDATE tickets SET status = ?, finished_at = ?, finish_reason = ?, usage = ?, "
     "error_code = ?, error_message = ?, lease_expires_at = NULL, "
-    "last_seq = COALESCE(?, last_seq) WHERE id = ? AND {} RETURNING conversation_id"
+    "last_seq = COALESCE(?, last_seq) WHERE id = ? AND {} "
+    "RETURNING conversation_id, owner, key_id, model"
 )
 # Who may write `done`: the producer holding the claim, the reaper of an expired lease, or a
 # cancel of a ticket nobody started.
@@ -69,6 +70,7 @@ _FINISH_BY_PRODUCER = _FINISH.format("status = 'running' AND claimed_by = ?")
 _FINISH_BY_REAPER = _FINISH.format("status = 'running' AND lease_expires_at < ?")
 _FINISH_PENDING = _FINISH.format("status = 'pending'")
 _SET_DONE_SEQ = "UPDATE tickets SET last_seq = ? WHERE id = ?"
+_STORED_OPTIONS = "SELECT request FROM tickets WHERE id = ?"
 
 WORKER_LOST = Outcome(
     TicketStatus.FAILED, "error",
@@ -213,9 +215,20 @@ def active_tickets(conversation_id: str) -> list[Any]:
         ).all())
 
 
+class Admission(Protocol):
+    """What a claim runs in its transaction before it commits: reserve, or refuse by raising
+    (`prepare` runs before the transaction, for what needs no lock)."""
+
+    def prepare(self, request: dict[str, Any]) -> None: ...
+
+    def admit(self, tx: sql.Transaction, ticket_id: str, owner: str, key_id: str | None,
+              request: dict[str, Any]) -> None: ...
+
+
 @contextmanager
 def claiming(
-    ticket_id: str, owner: str, worker_id: str, lease_seconds: float
+    ticket_id: str, owner: str, worker_id: str, lease_seconds: float,
+    admission: Admission | None = None,
 ) -> Iterator[dict[str, Any] | None]:
     """Atomically move `owner`'s pending ticket to running for `worker_id`.
 
@@ -225,29 +238,35 @@ def claiming(
     raises. Until then it holds the ticket (SQLite's write lock, PostgreSQL's row lock), so the
     winner may send its upstream request first. The block must not wait: on SQLite, every other
     writer waits for it. The request is read before that, while the ticket is pending: its
-    conversation cannot change until the ticket ends.
+    conversation cannot change until the ticket ends. An `admission` (limits) runs in the
+    claim's transaction once it won: its refusal rolls the claim back (the ticket stays pending).
     """
-    request = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
-    if request is None:
+    pending = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
+    if pending is None:
         yield None
         return
+    request, key_id = pending
+    if admission is not None:
+        admission.prepare(request)
     now = time.time()
     with sql.Transaction(db.engine) as tx:
         claimed = tx.execute(
             _CLAIM_TICKET, (worker_id, now, now + lease_seconds, ticket_id, owner)
         ).rowcount
+        if claimed == 1 and admission is not None:
+            admission.admit(tx, ticket_id, owner, key_id, request)
         yield request if claimed == 1 else None
 
 
-def _request_if_pending(ticket_id: str, owner: str) -> dict[str, Any] | None:
-    """What the ticket sends upstream, read in a transaction of its own (it writes nothing);
-    None unless it is `owner`'s and pending."""
+def _request_if_pending(ticket_id: str, owner: str) -> tuple[dict[str, Any], str | None] | None:
+    """What the ticket sends upstream and the key that made it, read in a transaction of its
+    own (it writes nothing); None unless it is `owner`'s and pending."""
     with sql.Transaction(db.engine) as tx:
         row = tx.execute(_PENDING_REQUEST, (ticket_id, owner)).fetchone()
         if row is None:  # not a pending ticket of `owner` (or deleted meanwhile)
             return None
         cap = current_app.config["MAX_HISTORY_MESSAGES"]
-        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap)
+        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap), row[2]
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
@@ -280,23 +299,25 @@ def cancelled_claims(tx: sql.Transaction, worker_id: str) -> list[str]:
 
 def finish_generation(
     ticket_id: str, worker_id: str, outcome: Outcome, pending: Sequence[StoredEvent],
-    text: str, done_seq: int,
+    text: str, done_seq: int, figures: usage.Figures, reserved: bool,
 ) -> bool:
-    """Store the producer's last deltas and its `done` (id `done_seq`); False when the claim
-    was lost (someone else wrote `done`)."""
-    return _finish(ticket_id, _FINISH_BY_PRODUCER, worker_id, outcome, pending, text,
-                   done_seq) is not None
+    """Store the producer's last deltas, its `done` (id `done_seq`) and what it spent (and
+    release its reservation, if it took one); False when the claim was lost (someone else
+    wrote `done`)."""
+    return _finish(ticket_id, _FINISH_BY_PRODUCER, worker_id, outcome, figures, reserved,
+                   pending, text, done_seq) is not None
 
 
 def reap_if_expired(ticket_id: str) -> int | None:
     """Fail a running ticket whose producer stopped renewing its lease (its worker died);
     returns the id of its `done`, or None if it was not expired."""
-    return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST)
+    return _finish(ticket_id, _FINISH_BY_REAPER, time.time(), WORKER_LOST, None, True)
 
 
 def cancel_pending(ticket_id: str, reason: ErrorCode | None = None) -> int | None:
     """End a ticket nobody has started streaming, with `done` status cancelled."""
-    return _finish(ticket_id, _FINISH_PENDING, None, cancelled_outcome(reason))
+    return _finish(ticket_id, _FINISH_PENDING, None, cancelled_outcome(reason),
+                   usage.NOTHING_SENT, False)
 
 
 def request_cancel(ticket_id: str, reason: ErrorCode | None = None) -> None:
@@ -354,10 +375,13 @@ def running_tickets(owner: str, key_id: str | None = None, *, keyless: bool = Fa
 
 def _finish(
     ticket_id: str, statement: str, holder: Any, outcome: Outcome,
-    pending: Sequence[StoredEvent] = (), text: str | None = None, done_seq: int | None = None,
+    figures: usage.Figures | None, release: bool, pending: Sequence[StoredEvent] = (),
+    text: str | None = None, done_seq: int | None = None,
 ) -> int | None:
-    """Write `done` if `statement` (with `holder` as its last parameter, when not None) moves
-    the ticket to its final status; returns the `done` id, or None if someone else won."""
+    """Write `done` and the usage row (releasing the reservation when `release`) if `statement`
+    (with `holder` as its last parameter, when not None) moves the ticket to its final status;
+    returns the `done` id, or None if someone else won. `figures` None: the producer is gone
+    (reaped), they are made from the store."""
     error = outcome.error
     params: list[Any] = [
         str(outcome.status), time.time(), outcome.finish_reason, sql.json_text(outcome.usage),
@@ -380,4 +404,21 @@ def _finish(
             text = events.stored_text(tx, ticket_id)
         if conversation_id is not None and (outcome.status != TicketStatus.CANCELLED or text):
             conversations.store_answer(tx, conversation_id, ticket_id, text, outcome.status)
+        if figures is None:
+            figures = _spent_by_lost_producer(tx, ticket_id, conversation_id, outcome, text)
+        usage.record(tx, ticket_id, claimed[1:], outcome.status, figures, release)
+    usage.count(claimed[3], figures)
     return done_seq
+
+
+def _spent_by_lost_producer(
+    tx: sql.Transaction, ticket_id: str, conversation_id: str | None, outcome: Outcome, text: str
+) -> usage.Figures:
+    """What a reaped ticket spent as far as the store knows: the request its claim sent (the
+    conversation has not changed since), and the stored answer as what was generated."""
+    options = sql.json_value(tx.execute(_STORED_OPTIONS, (ticket_id,)).fetchone()[0])
+    cap = current_app.config["MAX_HISTORY_MESSAGES"]
+    request = conversations.upstream_request(tx, conversation_id, options, cap)
+    price = (current_app.config["MODEL_PRICES"] or {}).get(options.get("model"))
+    spent = usage.Spent(None, request["messages"], text)
+    return usage.measure(spent, outcome.status, text, price)

@@ -152,7 +152,14 @@ def list_users() -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         rows = conn.execute(select(_users).order_by(_users.c.id)).fetchall()
     return [{"name": row.name, "admin": bool(row.admin), "disabled": row.disabled_at is not None,
-             "created_at": row.created_at} for row in rows]
+             "created_at": row.created_at, "limits": row.limits} for row in rows]
+
+
+def list_user_ids() -> list[dict[str, Any]]:
+    """Every user's id and name."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(_users.c.id, _users.c.name)).fetchall()
+    return [{"id": row.id, "name": row.name} for row in rows]
 
 
 def disable_user(name: str) -> UserInfo:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from .. import users
+from .. import quotas, users
 from ..errors import InvalidRequest
 from ..validation import read_json_object
 from .auth import signed_in_admin
@@ -34,18 +34,21 @@ def create_user() -> tuple[Response, int]:
 
 @bp.patch("/users/<name>")
 def change_user(name: str) -> Response:
-    """Disable or enable a user (`disabled`), or give them a new password (`password`)."""
+    """Disable or enable a user (`disabled`), give them a new password (`password`), or change
+    their limits (`limits`: each of `quotas.LIMIT_NAMES` a number, 0 or null to clear)."""
     admin = signed_in_admin()
     body = read_json_object(request)
-    unknown = set(body) - {"disabled", "password"}
+    unknown = set(body) - {"disabled", "password", "limits"}
     if unknown or not body:
-        raise InvalidRequest("Send `disabled` (true or false) and/or `password`.")
+        raise InvalidRequest("Send `disabled` (true or false), `password` and/or `limits`.")
     disabled = body.get("disabled")
     if disabled is not None and not isinstance(disabled, bool):
         raise InvalidRequest("`disabled` is true or false.")
     if disabled and name == admin.name:
         raise InvalidRequest("An admin cannot disable themselves.")
-    users.find_user(name)
+    user = users.find_user(name)
+    if "limits" in body:
+        quotas.set_limits("user", user.id, body["limits"])
     if "password" in body:
         users.set_password(name, users.check_password(body["password"]))
     if disabled is True:

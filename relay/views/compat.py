@@ -19,7 +19,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import events, generation, metrics, sse, streams, tickets
-from ..errors import ErrorCode, InternalError, error_response
+from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
 from ..state import relay_state
@@ -73,7 +73,12 @@ def chat_completions() -> Response:
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    if not generation.claim_and_start(app, ticket.id, owner):
+    try:
+        started = generation.claim_and_start(app, ticket.id, owner)
+    except TooManyRequests:
+        generation.cancel(ticket.id, "refused by a limit", app)  # its client cannot come back
+        raise
+    if not started:
         raise InternalError("The new ticket could not be claimed.")
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:

@@ -13,6 +13,7 @@ Models (`name` or `name:arg`):
   JSON split over two `data:` lines, and reaches the socket in two writes cut inside a CRLF.
 - `nul`: like `echo`, but every `_` of the message is sent as NUL (JSON's `\u0000`).
 - `finish-as-prompt`: like `echo`, but its finish_reason is the message itself.
+- `nousage`: like `echo`, but never reports usage, even when asked (as some servers do).
 `models_failures` is how many of the next `GET /v1/models` answer HTTP 503.
 - `leaky:<code>` (hardening, issue 18): answers HTTP <code> with an error body naming an
   organisation, a masked key and a request id (`LEAKS`), as real upstreams' errors do.
@@ -171,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif name != "truncated":
             reason = text if name == "finish-as-prompt" else "stop"
             self._event({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
-            if request.get("stream_options", {}).get("include_usage"):
+            if request.get("stream_options", {}).get("include_usage") and name != "nousage":
                 sent = call.chunks_sent
                 usage = {"prompt_tokens": 7, "completion_tokens": sent, "total_tokens": 7 + sent}
                 self._event({"choices": [], "usage": usage})

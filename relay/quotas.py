@@ -1,0 +1,250 @@
+"""Limits: token quotas per day and month and concurrent generations, per user and per API key,
+reserved by a ticket's claim and settled by its finish; and the per-user/per-key overrides.
+
+A claim that a limit applies to runs `Admission.admit` in its own transaction: first a write
+that serialises every claim of the same user (or key) -- on PostgreSQL the upsert of its
+`usage_totals` row locks that row, on SQLite the claim's first write already holds the database's
+write lock -- then it reads what was used (`usage_totals`) and what is reserved (`reservations`),
+and refuses (raising, which rolls the claim back) or inserts its reservation. The finish of every
+ticket deletes it (`usage.record`). When no limit is configured and no override exists, claims
+run nothing of this. Must not use `request` or `g`.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Any, cast
+
+from flask import Flask
+from sqlalchemy import Table, null, select
+
+from . import estimate, sql, usage
+from .db import db
+from .errors import ErrorCode, InvalidRequest, NotFound, TooManyRequests
+from .models import ApiKey, User
+from .state import relay_state
+
+LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations")
+_RETRY_GENERATIONS = 5  # seconds: a generation usually ends within that
+_ANY_OVERRIDE = (
+    "SELECT 1 FROM users WHERE limits IS NOT NULL "
+    "UNION ALL SELECT 1 FROM api_keys WHERE limits IS NOT NULL"
+)
+_USER_LIMITS = "SELECT limits FROM users WHERE id = ?"
+_KEY_LIMITS = "SELECT limits FROM api_keys WHERE id = ?"
+_USED = "SELECT period, tokens FROM usage_totals WHERE scope = ? AND period IN (?, ?)"
+_RESERVED = "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM reservations WHERE {} = ?"
+_RESERVE = (
+    "INSERT INTO reservations (ticket_id, owner, key_id, tokens, created_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+_LOCK = usage.ADD_TOTALS.format("(?, ?, 0)")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One scope's limits (None: none)."""
+
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    max_generations: int | None = None
+
+    def any(self) -> bool:
+        return any(getattr(self, name) is not None for name in LIMIT_NAMES)
+
+    def tokens(self) -> bool:
+        return self.tokens_per_day is not None or self.tokens_per_month is not None
+
+    def overridden(self, overrides: Any) -> Limits:
+        """These limits with a stored override's non-null values instead."""
+        if not isinstance(overrides, dict):
+            return self
+        return Limits(**{name: overrides.get(name) if overrides.get(name) is not None
+                         else getattr(self, name) for name in LIMIT_NAMES})
+
+    def json(self) -> dict[str, int | None]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+def user_defaults(config: dict[str, Any]) -> Limits:
+    return Limits(config["TOKENS_PER_DAY"], config["TOKENS_PER_MONTH"], config["MAX_GENERATIONS"])
+
+
+def key_defaults(config: dict[str, Any]) -> Limits:
+    return Limits(config["KEY_TOKENS_PER_DAY"], config["KEY_TOKENS_PER_MONTH"],
+                  config["MAX_GENERATIONS"])
+
+
+def admission(app: Flask) -> Admission | None:
+    """The admission a claim runs, or None when no limit can apply (no setting, no override;
+    overrides are looked for once a second)."""
+    config = app.config
+    if user_defaults(config).any() or key_defaults(config).any() or relay_state(
+        app
+    ).credentials.get(("limits", "any"), _any_override):
+        return Admission(config)
+    return None
+
+
+def _any_override() -> bool:
+    with sql.Transaction(db.engine) as tx:
+        return tx.execute(_ANY_OVERRIDE).fetchone() is not None
+
+
+@dataclass
+class Scope:
+    """A user or key as a quota sees it."""
+
+    name: str  # usage_totals.scope
+    column: str  # of reservations
+    value: str
+    limits: Limits
+
+
+class Admission:
+    """One claim's admission: `reserved` once it took a reservation."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.reserved = False
+        self.prompt_tokens = 0
+
+    def prepare(self, request: dict[str, Any]) -> None:
+        """Estimate the prompt before the claim's transaction, which should hold no lock for
+        it."""
+        self.prompt_tokens = estimate.count_prompt(request["messages"])
+
+    def admit(self, tx: sql.Transaction, ticket_id: str, owner: str, key_id: str | None,
+              request: dict[str, Any]) -> None:
+        """Reserve the ticket's tokens and generation slot, or raise 429 (in the claim's
+        transaction, which the raise rolls back)."""
+        scopes = applying_scopes(tx, self.config, owner, key_id)
+        if not scopes:
+            return
+        need = 0
+        if any(scope.limits.tokens() for scope in scopes):
+            cap = request.get("max_tokens") or self.config["DEFAULT_MAX_TOKENS_RESERVED"]
+            request["max_tokens"] = cap  # what is reserved is all the upstream may answer
+            need = self.prompt_tokens + cap
+        now = time.time()
+        day, month = usage.day_and_month(now)
+        for scope in scopes:  # users before keys, in every transaction: no deadlock
+            tx.execute(_LOCK, (scope.name, f"d:{day}"))
+        for scope in scopes:
+            check(scope, read_state(tx, scope, day, month), need, now)
+        tx.execute(_RESERVE, (ticket_id, owner, key_id, need, now))
+        self.reserved = True
+
+
+def applying_scopes(
+    tx: sql.Transaction, config: dict[str, Any], owner: str, key_id: str | None
+) -> list[Scope]:
+    """The user's and the key's effective limits, those that have any."""
+    user = user_defaults(config)
+    if owner.startswith("user:") and owner[5:].isdigit():
+        user = user.overridden(_stored(tx, _USER_LIMITS, int(owner[5:])))
+    scopes = [Scope(f"user:{owner}", "owner", owner, user)]
+    if key_id is not None:
+        key = key_defaults(config).overridden(_stored(tx, _KEY_LIMITS, key_id))
+        scopes.append(Scope(f"key:{key_id}", "key_id", key_id, key))
+    return [scope for scope in scopes if scope.limits.any()]
+
+
+def _stored(tx: sql.Transaction, statement: str, ident: Any) -> Any:
+    row = tx.execute(statement, (ident,)).fetchone()
+    return None if row is None else sql.json_value(row[0])
+
+
+@dataclass(frozen=True)
+class State:
+    used_today: int
+    used_this_month: int
+    generations: int
+    reserved: int
+
+
+def read_state(tx: sql.Transaction, scope: Scope, day: str, month: str) -> State:
+    """What a scope used today and this month, and holds in reservations."""
+    used = dict(tx.execute(_USED, (scope.name, f"d:{day}", f"m:{month}")).fetchall())
+    generations, reserved = tx.execute(_RESERVED.format(scope.column), (scope.value,)).fetchone()
+    return State(int(used.get(f"d:{day}", 0)), int(used.get(f"m:{month}", 0)),
+                 int(generations), int(reserved))
+
+
+def check(scope: Scope, state: State, need: int, now: float) -> None:
+    """Raise 429 unless one more generation reserving `need` tokens fits the scope's limits."""
+    limits = scope.limits
+    who = "this API key" if scope.column == "key_id" else "you"
+    if limits.max_generations is not None and state.generations >= limits.max_generations:
+        raise TooManyRequests(
+            f"Too many answers generating at once for {who} (at most "
+            f"{limits.max_generations}); wait for one to end.",
+            retry_after=_RETRY_GENERATIONS, code=ErrorCode.TOO_MANY_GENERATIONS)
+    for limit, used, period, until in (
+        (limits.tokens_per_day, state.used_today, "day", _next_day(now)),
+        (limits.tokens_per_month, state.used_this_month, "month", _next_month(now)),
+    ):
+        if limit is not None and used + state.reserved + need > limit:
+            raise TooManyRequests(
+                f"The token quota of {who} for this {period} ({limit}) would be exceeded: "
+                f"{used} used, {state.reserved} reserved by answers generating, this one "
+                f"needs up to {need}.",
+                retry_after=math.ceil(until - now), code=ErrorCode.QUOTA_EXCEEDED)
+
+
+def _next_day(now: float) -> float:
+    return (math.floor(now / 86400) + 1) * 86400.0
+
+
+def _next_month(now: float) -> float:
+    year, month = time.gmtime(now)[:2]
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return float(calendar.timegm((year, month, 1, 0, 0, 0)))
+
+
+def limits_report(
+    config: dict[str, Any], owner: str, key_id: str | None
+) -> dict[str, Any]:
+    """The effective limits of a user (and key) with what is used and reserved now."""
+    now = time.time()
+    day, month = usage.day_and_month(now)
+    report: dict[str, Any] = {}
+    with sql.Transaction(db.engine) as tx:
+        user = user_defaults(config)
+        if owner.startswith("user:") and owner[5:].isdigit():
+            user = user.overridden(_stored(tx, _USER_LIMITS, int(owner[5:])))
+        scopes = [("user", Scope(f"user:{owner}", "owner", owner, user))]
+        if key_id is not None:
+            key = key_defaults(config).overridden(_stored(tx, _KEY_LIMITS, key_id))
+            scopes.append(("key", Scope(f"key:{key_id}", "key_id", key_id, key)))
+        for label, scope in scopes:
+            state = read_state(tx, scope, day, month)
+            report[label] = {**scope.limits.json(), **state.__dict__}
+    return report
+
+
+def set_limits(kind: str, ident: Any, changes: Any) -> dict[str, int | None]:
+    """Change a user's (`kind` "user", by id) or key's ("key") overrides: each given name is set
+    (a positive number) or cleared (0 or None); returns the overrides now stored."""
+    if not isinstance(changes, dict) or set(changes) - set(LIMIT_NAMES):
+        raise InvalidRequest(f"`limits` is an object of {', '.join(LIMIT_NAMES)}.")
+    for name, value in changes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value < 2**53):
+            raise InvalidRequest(f"`{name}` is a number of 0 or more (0 or null clears it).")
+    table = cast(Table, (User if kind == "user" else ApiKey).__table__)
+    with db.engine.begin() as conn:
+        found = conn.execute(select(table.c.limits).where(table.c.id == ident)).fetchone()
+        if found is None:
+            raise NotFound("No such API key." if kind == "key" else "No such user.",
+                           code=ErrorCode.KEY_NOT_FOUND if kind == "key"
+                           else ErrorCode.USER_NOT_FOUND)
+        stored = found[0]
+        merged = {**(stored if isinstance(stored, dict) else {}), **changes}
+        merged = {name: value for name, value in merged.items() if value}
+        conn.execute(table.update().where(table.c.id == ident).values(
+            limits=merged or null()))
+    return {name: merged.get(name) for name in LIMIT_NAMES}
