@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from ..helpers import read_stream
-from .accounts import bearer, new_user, relay_cli, signed_in
+from .accounts import bearer, cli_output, new_user, signed_in
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 from .usage_helpers import assert_settled, open_stream
@@ -118,9 +118,9 @@ def test_concurrent_generations_per_key_with_overrides(
     }, workers=2)
     name = new_user(relay)
     # The user may run 20 at once; their key keeps the setting's 2.
-    assert "max_generations=20" in relay_cli(relay, "users", "limits", name,
+    assert "max_generations=20" in cli_output(relay, "users", "limits", name,
                                              "--max-generations", "20")
-    created = relay_cli(relay, "keys", "create", name).strip().splitlines()
+    created = cli_output(relay, "keys", "create", name).strip().splitlines()
     key, key_id = created[-1], created[0].split()[2]
     time.sleep(1.1)  # overrides are looked for once a second
 
@@ -141,7 +141,7 @@ def test_concurrent_generations_per_key_with_overrides(
             # Without the key, only the user's own limit (20) applies.
             assert burst(page, 4, cookies=dict(page.cookies)) == [200] * 4
             everything = page.get("/usage").json()
-        assert "max_generations=3" in relay_cli(relay, "keys", "limits", key_id,
+        assert "max_generations=3" in cli_output(relay, "keys", "limits", key_id,
                                                 "--max-generations", "3")
         time.sleep(1.1)
         assert burst(api, 5, headers=bearer(key)) == [200, 200, 200, 429, 429]

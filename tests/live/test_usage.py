@@ -23,7 +23,7 @@ import pytest
 from relay.estimate import count_prompt, count_tokens
 
 from ..helpers import new_ticket, read_stream
-from .accounts_helpers import relay_cli
+from .accounts import relay_cli
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 from .usage_helpers import assert_settled
