@@ -4,8 +4,9 @@
 request riding on a cookie.
 
 Credentials are read in this order, and a bad one is refused rather than skipped:
-`Authorization: Bearer <key>`, `?access_token=` (on `GET /sse/<id>` only), the trusted proxy's
-user header (`proxy` mode), the cookie. Each lookup in the store is remembered for the rest of
+`Authorization: Bearer <key>` (an open relay skips a header that is not a relay key `rk_...`),
+`?access_token=` (on `GET /sse/<id>` only), the trusted proxy's user header (`proxy` mode), the
+cookie. Each lookup in the store is remembered for the rest of
 the current second (`SecondCache`), no longer, so a revocation holds everywhere within a second.
 """
 
@@ -120,7 +121,9 @@ def _principal_of_request() -> Principal:
     environ = request.environ
     config = current_app.config
     authorization = environ.get("HTTP_AUTHORIZATION")
-    if authorization is not None:
+    if authorization is not None and (
+        config["AUTH"] != AuthMode.OPEN or _names_relay_key(authorization)
+    ):
         return _key_principal(authorization)
     if "access_token=" in environ.get("QUERY_STRING", "") and request.endpoint == "stream.stream":
         return _token_principal(request.args.get("access_token", ""),
@@ -137,6 +140,13 @@ def _principal_of_request() -> Principal:
     if config["AUTH"] == AuthMode.OPEN and uid.startswith("anon:"):
         return Principal(uid, AuthKind.ANONYMOUS)
     return NOBODY
+
+
+def _names_relay_key(authorization: str) -> bool:
+    """Whether the header carries a relay key. An open relay ignores any other: the OpenAI SDKs
+    always send one (`api_key="unused"`), and an open relay needs none."""
+    scheme, _, secret = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and secret.strip().startswith(apikeys.KEY_START)
 
 
 def _key_principal(authorization: str) -> Principal:

@@ -259,3 +259,23 @@ def test_wrong_current_passwords_are_limited_like_sign_ins(accounts: Flask) -> N
     assert [alice.post("/auth/password", json=body).status_code for _ in range(3)] == [
         401, 401, 429
     ]
+
+
+def test_an_open_relay_ignores_a_bearer_that_is_no_relay_key(client: FlaskClient) -> None:
+    # The OpenAI SDKs always send their api_key; an open relay needs none.
+    for header in ("Bearer unused", "Bearer sk-something", "Basic dXNlcjpwYXNz"):
+        response = client.post("/new", json={"prompt": "hi"}, headers={"Authorization": header})
+        assert response.status_code == 201, (header, response.get_json())
+    refused = client.post("/new", json={"prompt": "hi"},
+                          headers={"Authorization": "Bearer rk_" + "x" * 43})
+    assert refused.status_code == 401
+    assert refused.get_json()["error"]["code"] == "invalid_api_key"
+
+
+def test_an_accounts_relay_refuses_any_bad_authorization(accounts: Flask) -> None:
+    for header in ("Bearer unused", "Basic dXNlcjpwYXNz", "Bearer rk_" + "x" * 43):
+        response = accounts.test_client().post(
+            "/new", json={"prompt": "hi"}, headers={"Authorization": header}
+        )
+        assert response.status_code == 401, header
+        assert response.get_json()["error"]["code"] == "invalid_api_key"
