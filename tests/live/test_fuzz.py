@@ -31,7 +31,14 @@ from relay.errors import ErrorCode
 from ..helpers import new_ticket, read_stream, text_of
 from .relay_server import RelayServer
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [
+    pytest.mark.timeout(300),
+    # The fuzzer's requests.Session drops some pooled connections (after a HEAD of a stream)
+    # without closing them, and the garbage collector's ResourceWarning then fires inside
+    # whichever hypothesis draw runs next (once in a full run here). It is the client's socket;
+    # the server's answers are what the checks judge, and its health is asserted afterwards.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+]
 
 CHECKS = [
     not_a_server_error,
