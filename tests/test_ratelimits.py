@@ -4,6 +4,8 @@ Redis)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -13,6 +15,7 @@ from relay.db import db
 from relay.ratelimits import Count, refusal, retry_after
 
 from .helpers import assert_error_shape
+from .test_accounts import make_user, sign_in
 
 
 @pytest.mark.parametrize(("reset_at", "now", "expected"), [
@@ -85,3 +88,18 @@ def test_no_limit_counts_nothing(app: Flask, client: FlaskClient) -> None:
         assert client.post("/new", json={"prompt": f"p{n}", "model": "mock-echo"}).status_code \
             == 201
     assert _rows(app, "SELECT COUNT(*) FROM request_counts") == [(0,)]
+
+
+def test_an_admins_override_limits_that_user_alone(app: Flask) -> None:
+    app.config["AUTH"] = "accounts"
+    make_user(app, "root", admin=True)
+    make_user(app, "alice")
+    admin = sign_in(app, "root")
+    changed = admin.patch("/admin/users/alice", json={"limits": {"requests_per_minute": 1}})
+    assert changed.get_json()["user"]["limits"] == {"requests_per_minute": 1}
+    time.sleep(1.0 - time.monotonic() % 1.0)  # overrides are looked for once a second
+    alice = sign_in(app, "alice")
+    assert alice.post("/new", json={"prompt": "one", "model": "mock-echo"}).status_code == 201
+    refused = alice.post("/new", json={"prompt": "two", "model": "mock-echo"})
+    assert_error_shape(refused, 429, "rate_limited")
+    assert admin.post("/new", json={"prompt": "root's", "model": "mock-echo"}).status_code == 201
