@@ -16,6 +16,7 @@ from relay.ratelimits import Count, refusal, retry_after
 
 from .helpers import assert_error_shape
 from .test_accounts import make_user, sign_in
+from .test_quotas import _rows
 
 
 @pytest.mark.parametrize(("reset_at", "now", "expected"), [
@@ -48,11 +49,6 @@ def test_refusal(counts: list[Count], expected: tuple[str, int] | None) -> None:
     assert error.retry_after == wait
     assert f"for {who} (at most {counts[0].limit if who == 'you' else counts[1].limit}" in (
         error.message)
-
-
-def _rows(app: Flask, sql: str) -> list[tuple]:
-    with app.app_context():
-        return [tuple(row) for row in db.session.execute(text(sql)).all()]
 
 
 def test_over_the_limit_is_refused_before_anything_is_stored(
