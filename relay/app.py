@@ -20,6 +20,7 @@ from .cookies import IdentityCookie
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
 from .errors import register_error_handlers
 from .identity import AuthMode, check_access
+from .ratelimits import RequestCounter
 from .signin import SignInLimiter
 from .state import RelayState
 from .streams import StreamSettings
@@ -79,6 +80,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         broker=Broker(config["REDIS_URL"]),
         writer=BatchWriter(app, engine), stream_settings=StreamSettings.of(app),
         signin=SignInLimiter(config["REDIS_URL"], config["SIGNIN_ATTEMPTS"]),
+        request_counter=RequestCounter(config["REDIS_URL"]),
     )
 
     from .views import admin, api, auth, compat, conversations, ops, stream, usage, web

@@ -208,6 +208,16 @@ SETTINGS: tuple[Setting, ...] = (
             "Answers each user, and each API key, may have generating at once, on every worker "
             "and host together; one more is refused (`429` `too_many_generations`). Unset: no "
             "limit."),
+    Setting("RELAY_REQUESTS_PER_MINUTE", "REQUESTS_PER_MINUTE", None, _positive(int),
+            "Requests each user may make per minute to `POST /new` and "
+            "`/v1/chat/completions`, on every worker and host together; an anonymous visitor "
+            "of an open relay counts as a user. A minute starts at the first request; every "
+            "request counts, refused or not, and one over the limit gets `429` `rate_limited` "
+            "with `Retry-After` (the seconds left of the minute). Unset: no limit. "
+            "`relay users limits` overrides it per user."),
+    Setting("RELAY_KEY_REQUESTS_PER_MINUTE", "KEY_REQUESTS_PER_MINUTE", None, _positive(int),
+            "Requests each API key may make per minute, as `RELAY_REQUESTS_PER_MINUTE` (on top "
+            "of its user's limit). Unset: no limit. `relay keys limits` overrides it per key."),
     Setting("RELAY_DEFAULT_MAX_TOKENS_RESERVED", "DEFAULT_MAX_TOKENS_RESERVED", 4096,
             _positive(int),
             "Under a token quota, the answer's cap reserved (and sent upstream as `max_tokens`) "

@@ -228,6 +228,17 @@ class Reservation(Model):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class RequestCount(Model):
+    """Requests of a scope (`user:<owner>`, `key:<key_id>`) in its current minute, when no Redis
+    counts them (ratelimits.py)."""
+
+    __tablename__ = "request_counts"
+
+    scope: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer)
+
+
 class FirstAdmin(Model):
     """At most one row, ever: the admin created from the page's set-up screen. Its primary key
     makes twenty concurrent set-ups create one admin."""

@@ -27,7 +27,8 @@ from .errors import ErrorCode, InvalidRequest, NotFound, TooManyRequests
 from .models import ApiKey, User
 from .state import relay_state
 
-LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations")
+LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations", "requests_per_minute")
+_CLAIM_LIMITS = LIMIT_NAMES[:3]  # what a claim checks (requests per minute: ratelimits.py)
 _RETRY_GENERATIONS = 5  # seconds: a generation usually ends within that
 _ANY_OVERRIDE = (
     "SELECT 1 FROM users WHERE limits IS NOT NULL "
@@ -51,9 +52,11 @@ class Limits:
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
     max_generations: int | None = None
+    requests_per_minute: int | None = None
 
     def any(self) -> bool:
-        return any(getattr(self, name) is not None for name in LIMIT_NAMES)
+        """Whether a claim has a limit of these to check."""
+        return any(getattr(self, name) is not None for name in _CLAIM_LIMITS)
 
     def tokens(self) -> bool:
         return self.tokens_per_day is not None or self.tokens_per_month is not None
@@ -70,23 +73,27 @@ class Limits:
 
 
 def user_defaults(config: dict[str, Any]) -> Limits:
-    return Limits(config["TOKENS_PER_DAY"], config["TOKENS_PER_MONTH"], config["MAX_GENERATIONS"])
+    return Limits(config["TOKENS_PER_DAY"], config["TOKENS_PER_MONTH"], config["MAX_GENERATIONS"],
+                  config["REQUESTS_PER_MINUTE"])
 
 
 def key_defaults(config: dict[str, Any]) -> Limits:
     return Limits(config["KEY_TOKENS_PER_DAY"], config["KEY_TOKENS_PER_MONTH"],
-                  config["MAX_GENERATIONS"])
+                  config["MAX_GENERATIONS"], config["KEY_REQUESTS_PER_MINUTE"])
 
 
 def admission(app: Flask) -> Admission | None:
     """The admission a claim runs, or None when no limit can apply (no setting, no override;
     overrides are looked for once a second)."""
     config = app.config
-    if user_defaults(config).any() or key_defaults(config).any() or relay_state(
-        app
-    ).credentials.get(("limits", "any"), _any_override):
+    if user_defaults(config).any() or key_defaults(config).any() or any_override(app):
         return Admission(config)
     return None
+
+
+def any_override(app: Flask) -> bool:
+    """Whether any user or key has a limit override (looked for once a second)."""
+    return bool(relay_state(app).credentials.get(("limits", "any"), _any_override))
 
 
 def _any_override() -> bool:
@@ -142,7 +149,14 @@ class Admission:
 def applying_scopes(
     tx: sql.Transaction, config: dict[str, Any], owner: str, key_id: str | None
 ) -> list[Scope]:
-    """The user's and the key's effective limits, those that have any."""
+    """The user's and the key's effective limits, those that have any a claim checks."""
+    return [scope for scope in effective_scopes(tx, config, owner, key_id) if scope.limits.any()]
+
+
+def effective_scopes(
+    tx: sql.Transaction, config: dict[str, Any], owner: str, key_id: str | None
+) -> list[Scope]:
+    """The user's and (with a key) the key's effective limits: settings, then overrides."""
     user = user_defaults(config)
     if owner.startswith("user:") and owner[5:].isdigit():
         user = user.overridden(_stored(tx, _USER_LIMITS, int(owner[5:])))
@@ -150,7 +164,7 @@ def applying_scopes(
     if key_id is not None:
         key = key_defaults(config).overridden(_stored(tx, _KEY_LIMITS, key_id))
         scopes.append(Scope(f"key:{key_id}", "key_id", key_id, key))
-    return [scope for scope in scopes if scope.limits.any()]
+    return scopes
 
 
 def _stored(tx: sql.Transaction, statement: str, ident: Any) -> Any:
@@ -213,16 +227,9 @@ def limits_report(
     day, month = usage.day_and_month(now)
     report: dict[str, Any] = {}
     with sql.Transaction(db.engine) as tx:
-        user = user_defaults(config)
-        if owner.startswith("user:") and owner[5:].isdigit():
-            user = user.overridden(_stored(tx, _USER_LIMITS, int(owner[5:])))
-        scopes = [("user", Scope(f"user:{owner}", "owner", owner, user))]
-        if key_id is not None:
-            key = key_defaults(config).overridden(_stored(tx, _KEY_LIMITS, key_id))
-            scopes.append(("key", Scope(f"key:{key_id}", "key_id", key_id, key)))
-        for label, scope in scopes:
+        for scope in effective_scopes(tx, config, owner, key_id):
             state = read_state(tx, scope, day, month)
-            report[label] = {**scope.limits.json(), **state.__dict__}
+            report[scope.name.split(":", 1)[0]] = {**scope.limits.json(), **state.__dict__}
     return report
 
 

@@ -12,6 +12,7 @@ from .secondcache import SecondCache
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .ratelimits import RequestCounter
     from .signin import SignInLimiter
     from .streams import StreamSettings
     from .upstream import Upstream
@@ -30,6 +31,7 @@ class RelayState:
     writer: BatchWriter
     stream_settings: StreamSettings  # of an EventSource stream (`/v1`: `for_one_request()`)
     signin: SignInLimiter
+    request_counter: RequestCounter  # requests per minute (ratelimits.py)
     # Sessions, keys and proxy users looked up in this second (identity.py).
     credentials: SecondCache = field(default_factory=SecondCache)
     _default_model: str | None = field(default=None)
