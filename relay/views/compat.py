@@ -18,7 +18,7 @@ import gevent.socket
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .. import events, generation, metrics, sse, streams, tickets
+from .. import events, generation, metrics, quotas, sse, streams, tickets
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
@@ -70,9 +70,10 @@ def chat_completions() -> Response:
     principal = current_principal()
     principal.check_model(completion.ticket.model)
     key_id = principal.key.id if principal.key is not None else None
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    quotas.precheck(app, owner, key_id)  # refused before anything is stored
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
         started = generation.claim_and_start(app, ticket.id, owner)
     except TooManyRequests:
