@@ -81,7 +81,8 @@ def test_a_used_up_quota_is_refused_with_when_to_try_again_and_usage_matches(
     chat.wait_status(chat.send(PROMPT), "completed")
     posted: list[int] = []
     tab.on("response", lambda r: posted.append(r.status) if r.url.endswith("/new") else None)
-    chat.send("one more, please")
+    tab.fill("#prompt", "one more, please")  # not chat.send: no answer stays to wait for
+    tab.press("#prompt", "Enter")
     refusal = tab.locator("#messages .refusal")
     expect(refusal).to_be_visible()
     assert posted == [429]
@@ -112,7 +113,7 @@ def test_a_used_up_quota_is_refused_with_when_to_try_again_and_usage_matches(
     limits = shown["limits"]["user"]
     assert (limits["tokens_per_day"], limits["used_today"]) == (QUOTA, SPENT)
     today = panel.locator('dd[data-figure="tokens-today"]')
-    expect(today).to_have_text(f"{QUOTA}: {SPENT} used, 0 left")
+    expect(today).to_have_text(f"{SPENT} of {QUOTA} used, 0 left")
     expect(panel.locator('dd[data-figure="tokens-this-month"]')).to_have_text("No limit")
     assert axe_violations(tab) == []
     panel.locator(".panel-close").click()

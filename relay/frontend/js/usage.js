@@ -130,13 +130,13 @@ function term(label, value, name) {
   return [dt, dd];
 }
 
-// "1,000: 230 used, 40 reserved, 730 left", or "No limit".
+// "230 of 1,000 used, 40 reserved, 730 left", or "No limit".
 function limitRow(label, limit, used, reserved, doing = "used") {
   const name = label.toLowerCase().replaceAll(" ", "-");
   if (limit === null || limit === undefined) return term(label, "No limit", name);
   const left = Math.max(0, limit - used - reserved);
-  const parts = [`${numbers.format(used)} ${doing}`];
+  const parts = [`${numbers.format(used)} of ${numbers.format(limit)} ${doing}`];
   if (reserved) parts.push(`${numbers.format(reserved)} reserved`);
   parts.push(`${numbers.format(left)} left`);
-  return term(label, `${numbers.format(limit)}: ${parts.join(", ")}`, name);
+  return term(label, parts.join(", "), name);
 }
