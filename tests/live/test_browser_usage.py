@@ -37,6 +37,7 @@ def quota_relay(start_relay: Callable[..., RelayServer], upstream: FakeUpstream)
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
         "RELAY_DEFAULT_MODEL": "echo", "RELAY_UPSTREAM_TIMEOUT_SECONDS": "3",
         "RELAY_TOKENS_PER_DAY": str(QUOTA), "RELAY_DEFAULT_MAX_TOKENS_RESERVED": "1",
+        "RELAY_MODEL_PRICES": '{"nousage": [1.0, 2.0]}',
     })
 
 
@@ -150,3 +151,31 @@ def test_a_start_refused_at_the_claim_says_why_and_retries(
     assert tab.request.get(f"{quota_relay.url}/tickets/{ticket}").json()["status"] == "pending"
     usage = tab.request.get(quota_relay.url + "/usage").json()
     assert usage["totals"]["tickets"] == 0 and usage["limits"]["user"]["reserved"] == 0
+
+
+def test_estimated_figures_are_marked_and_a_price_gives_a_cost(
+    tab: Page, quota_relay: RelayServer
+) -> None:
+    chat = ChatPage(tab).open(quota_relay.url + "/")
+    chat.add_model_option("nousage")  # never reports usage: the relay estimates
+    chat.wait_status(chat.send("hello there", model="nousage"), "completed")
+    shown = tab.request.get(quota_relay.url + "/usage").json()
+    totals = shown["totals"]
+    assert totals["estimated"] is True and totals["cost"] > 0
+    tab.click("#open-usage")
+    panel = tab.locator("#usage-dialog")
+    expect(panel).to_have_attribute("data-loaded", "true")
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        dd = panel.locator(f'#usage-totals dd[data-figure="{name}"]')
+        expect(dd.locator(".estimated")).to_contain_text("≈")
+        assert figure(tab, name) == totals[name], name
+    expect(panel.locator("#usage-estimated-note")).to_be_visible()
+    cost = panel.locator('#usage-totals dd[data-figure="cost"]').inner_text()
+    assert float(cost.replace("$", "")) == pytest.approx(totals["cost"])
+    expect(panel.locator("#usage-cost-column")).to_be_visible()
+    [day] = shown["by_day"]
+    row = panel.locator("#usage-days tr td")
+    expect(row).to_have_count(6)
+    assert float(row.nth(5).inner_text().replace("$", "")) == pytest.approx(day["cost"])
+    expect(row.nth(4).locator(".estimated")).to_have_count(1)
+    assert axe_violations(tab) == []
