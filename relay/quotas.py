@@ -146,6 +146,19 @@ class Admission:
         self.reserved = True
 
 
+def precheck(app: Flask, owner: str, key_id: str | None) -> None:
+    """Refuse a new request early (the same 429 as the claim's) when a quota of its caller is
+    already used up or their generations are at the cap; read-only, and nothing at all when no
+    limit can apply. The claim's reservation stays the exact check: races end there."""
+    if admission(app) is None:
+        return
+    now = time.time()
+    day, month = usage.day_and_month(now)
+    with sql.Transaction(db.engine) as tx:  # reads only: no lock taken
+        for scope in applying_scopes(tx, app.config, owner, key_id):
+            check(scope, read_state(tx, scope, day, month), 0, now)
+
+
 def applying_scopes(
     tx: sql.Transaction, config: dict[str, Any], owner: str, key_id: str | None
 ) -> list[Scope]:
@@ -189,7 +202,8 @@ def read_state(tx: sql.Transaction, scope: Scope, day: str, month: str) -> State
 
 
 def check(scope: Scope, state: State, need: int, now: float) -> None:
-    """Raise 429 unless one more generation reserving `need` tokens fits the scope's limits."""
+    """Raise 429 unless one more generation reserving `need` tokens fits the scope's limits
+    (`need` 0: unless nothing is left)."""
     limits = scope.limits
     who = "this API key" if scope.column == "key_id" else "you"
     if limits.max_generations is not None and state.generations >= limits.max_generations:
@@ -201,11 +215,11 @@ def check(scope: Scope, state: State, need: int, now: float) -> None:
         (limits.tokens_per_day, state.used_today, "day", _next_day(now)),
         (limits.tokens_per_month, state.used_this_month, "month", _next_month(now)),
     ):
-        if limit is not None and used + state.reserved + need > limit:
+        if limit is not None and used + state.reserved + max(need, 1) > limit:
+            wants = f"this one needs up to {need}" if need else "nothing is left"
             raise TooManyRequests(
                 f"The token quota of {who} for this {period} ({limit}) would be exceeded: "
-                f"{used} used, {state.reserved} reserved by answers generating, this one "
-                f"needs up to {need}.",
+                f"{used} used, {state.reserved} reserved by answers generating, {wants}.",
                 retry_after=math.ceil(until - now), code=ErrorCode.QUOTA_EXCEEDED)
 
 

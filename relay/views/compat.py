@@ -18,7 +18,7 @@ import gevent.socket
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .. import events, generation, metrics, ratelimits, sse, streams, tickets
+from .. import events, generation, metrics, quotas, ratelimits, sse, streams, tickets
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
@@ -72,6 +72,7 @@ def chat_completions() -> Response:
     key_id = principal.key.id if principal.key is not None else None
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     ratelimits.check_requests(app, owner, key_id)
+    quotas.precheck(app, owner, key_id)  # refused before anything is stored
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     try:

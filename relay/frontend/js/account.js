@@ -6,6 +6,7 @@ import { getMe, onSessionLost, signOut } from "./api.js";
 import { KeysPanel } from "./keys.js";
 import { SignInScreen } from "./signin.js";
 import { announce, showToast, ui } from "./ui.js";
+import { UsagePanel } from "./usage.js";
 import { UsersPanel } from "./users.js";
 
 const $ = (id) => document.getElementById(id);
@@ -20,7 +21,9 @@ export class Account {
     this.signIn = new SignInScreen((user) => this.#signedIn(user));
     this.keys = new KeysPanel();
     this.users = new UsersPanel();
+    this.usage = new UsagePanel(); // every mode: an anonymous visitor has usage and limits too
     $("open-keys").addEventListener("click", () => this.keys.open());
+    $("open-usage").addEventListener("click", () => this.usage.open());
     $("open-users").addEventListener("click", () => this.users.open());
     $("sign-out").addEventListener("click", () => this.#signOut());
     onSessionLost(() => {

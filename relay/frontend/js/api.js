@@ -54,7 +54,7 @@ async function request(method, path, body, { signIn = false } = {}) {
   return data;
 }
 
-function retryAfterSeconds(value) {
+export function retryAfterSeconds(value) {
   if (!value) return null;
   const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
   return Number.isFinite(seconds) ? Math.max(0, Math.ceil(seconds)) : null;
@@ -70,6 +70,35 @@ export const deleteConversation = (id) => request("DELETE", path("/conversations
 export const createTicket = (fields) => request("POST", "/new", fields);
 export const getTicket = (id) => request("GET", path("/tickets", id));
 export const cancelTicket = (id) => request("POST", `${path("/sse", id)}/cancel`);
+export const getUsage = () => request("GET", "/usage");
+
+// Why a ticket's EventSource failed before it opened: GET it once more as a fetch, which can
+// read a 429 (a limit refused the claim). Returns that ApiError, or null for anything else (a
+// stream that starts now is dropped at once: the EventSource reopened next resumes it).
+export async function probeStream(url) {
+  const controller = new AbortController();
+  let response;
+  try {
+    response = await fetch(url, {
+      credentials: "same-origin", headers: { Accept: "text/event-stream" }, signal: controller.signal,
+    });
+  } catch {
+    return null;
+  }
+  if (response.status !== 429) {
+    controller.abort();
+    return null;
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  const error = (data && data.error) || {};
+  return new ApiError(429, error.code || "http_429", error.message || "A limit of the relay was reached.",
+    data, retryAfterSeconds(response.headers.get("Retry-After")));
+}
 
 export const getMe = () => request("GET", "/auth/me", undefined, SIGN_IN);
 export const signIn = (username, password) => request("POST", "/auth/login", { username, password }, SIGN_IN);

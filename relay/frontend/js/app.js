@@ -3,6 +3,7 @@
 
 import { Account } from "./account.js";
 import { ApiError, cancelTicket, createTicket, getConversation } from "./api.js";
+import { isRefusal, refusalText } from "./limits.js";
 import { codeOfCopyButton, copyText } from "./markdown.js";
 import { MessageView, viewOf } from "./messages.js";
 import { Sidebar } from "./sidebar.js";
@@ -102,6 +103,7 @@ async function send(prompt) {
   const load = state.loadCount;
   const user = appendMessage(new MessageView("user", { content: prompt }));
   const view = appendMessage(new MessageView("assistant", { status: "waiting" }));
+  clearRefusal();
   showEmptyState(false);
   setPrompt("");
   setBusy(true, view);
@@ -118,7 +120,8 @@ async function send(prompt) {
     showEmptyState(!ui.messages.children.length);
     setBusy(false);
     setPrompt(prompt);
-    showToast(error.message);
+    if (isRefusal(error)) showRefusal(error);
+    else showToast(error.message);
     return;
   }
   if (load !== state.loadCount) return; // the user navigated away; the ticket waits in its conversation
@@ -142,6 +145,7 @@ async function regenerate(previous) {
   if (state.view || !state.conversationId) return;
   const load = state.loadCount;
   previous.element.hidden = true;
+  clearRefusal();
   const view = appendMessage(new MessageView("assistant", { status: "waiting" }));
   setBusy(true, view);
   let ticket;
@@ -154,7 +158,8 @@ async function regenerate(previous) {
     view.element.remove();
     previous.element.hidden = false;
     setBusy(false);
-    showToast(error.message);
+    if (isRefusal(error)) showRefusal(error);
+    else showToast(error.message);
     return;
   }
   if (load !== state.loadCount) return;
@@ -165,6 +170,7 @@ async function regenerate(previous) {
 function attachStream(ticket, view) {
   if (state.view !== view) setBusy(true, view);
   view.ticketId = ticket.id;
+  view.ticket = ticket; // for Retry, should a limit refuse to start it
   const stream = new TicketStream(ticket, {
     onDelta: (delta) => {
       const follow = isNearBottom();
@@ -192,10 +198,47 @@ function attachStream(ticket, view) {
       announce(ANNOUNCEMENTS[view.status] || "");
       sidebar.refresh();
     },
+    onRefused: (error) => {
+      view.setStatus("refused", error);
+      state.stream = null;
+      setBusy(false);
+      announce(`Could not start: ${refusalText(error)}`);
+    },
   });
   state.stream = stream;
   stream.start();
   if (state.stopRequested) stop();
+}
+
+// Start a refused answer again (its ticket is still pending).
+function retryStart(view) {
+  if (state.view || !view.ticket) return;
+  view.setStatus("waiting");
+  attachStream(view.ticket, view);
+  ui.stop.focus();
+}
+
+// A limit refused a new message (POST /new said 429): say which and when to try again, in the
+// conversation, where the message would have been; the prompt is back in the composer.
+function showRefusal(error) {
+  clearRefusal();
+  const notice = document.createElement("div");
+  notice.className = "refusal";
+  notice.dataset.code = error.code;
+  const title = document.createElement("p");
+  title.className = "refusal-title";
+  title.textContent = refusalText(error);
+  const detail = document.createElement("p");
+  detail.className = "refusal-detail";
+  detail.textContent = error.message;
+  notice.append(title, detail);
+  ui.messages.append(notice);
+  showEmptyState(false);
+  scrollToBottom(true);
+}
+
+function clearRefusal() {
+  for (const notice of ui.messages.querySelectorAll(".refusal")) notice.remove();
 }
 
 function detachStream() {
@@ -285,6 +328,8 @@ async function onMessageClick(event) {
     flash(button, await copyText(viewOf(button).text));
   } else if (button.classList.contains("regenerate")) {
     regenerate(viewOf(button));
+  } else if (button.classList.contains("retry-start")) {
+    retryStart(viewOf(button));
   }
 }
 

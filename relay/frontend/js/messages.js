@@ -1,8 +1,10 @@
 // One message in the log. An assistant message moves through the states
 // waiting -> streaming (-> reconnecting -> streaming) -> completed | cancelled | failed,
+// or waiting -> refused (a limit would not let it start; Retry starts it again),
 // shown in `data-status` and in words, so both people and tests can see where it is.
 
 import { icon } from "./icons.js";
+import { refusalText } from "./limits.js";
 import { renderMarkdown } from "./markdown.js";
 
 const BUSY = new Set(["waiting", "streaming", "reconnecting"]);
@@ -43,6 +45,7 @@ export class MessageView {
       this.actions.append(
         button("copy-answer", "copy", "Copy", "Copy the answer's Markdown"),
         button("regenerate", "refresh", "Regenerate", "Regenerate the answer"),
+        button("retry-start", "refresh", "Retry", "Retry starting the answer"),
       );
       body.append(this.note, this.errorBox, this.actions);
     } else {
@@ -74,10 +77,14 @@ export class MessageView {
     this.note.textContent = note || "";
     // A stop the user asked for carries no error; one forced on them (signed out) says why.
     const showError = status === "failed" || (status === "cancelled" && Boolean(error?.message));
-    this.errorBox.hidden = !showError;
+    const refused = status === "refused";
+    this.errorBox.hidden = !showError && !refused;
     this.errorBox.textContent = showError ? errorText(error) : "";
+    if (refused) this.errorBox.append(refusedText(error));
     this.actions.hidden = this.busy;
     this.actions.querySelector(".copy-answer").hidden = !this.text;
+    this.actions.querySelector(".regenerate").hidden = refused;
+    this.actions.querySelector(".retry-start").hidden = !refused;
     if (!this.busy || this.text) this.render();
   }
 
@@ -107,6 +114,14 @@ export class MessageView {
 function errorText(error) {
   const message = (error && error.message) || "The answer failed for an unknown reason.";
   return `Error: ${message}`;
+}
+
+// "Could not start: Daily token quota reached. Try again in 5 hours." and the relay's reason.
+function refusedText(error) {
+  const text = document.createDocumentFragment();
+  text.append(`Could not start: ${refusalText(error || {})}`, " ",
+    make("span", "refusal-detail", (error && error.message) || ""));
+  return text;
 }
 
 function make(tag, className, text) {

@@ -3,15 +3,18 @@
 // EventSource reconnects by itself after a dropped connection and sends Last-Event-ID, so the
 // relay resumes exactly after the last event we saw. Ids we have already applied are ignored
 // anyway, so a replay can never duplicate text. When the browser gives up (an HTTP error ends
-// the EventSource), we ask /tickets/<id> what happened and reopen with ?last_event_id=n.
+// the EventSource), we ask /tickets/<id> what happened and reopen with ?last_event_id=n. A stream
+// that never opened on a ticket still pending may have been refused by a limit (a 429 that
+// EventSource cannot read): probeStream() reads it, and onRefused(error) shows it.
 
-import { getTicket } from "./api.js";
+import { getTicket, probeStream } from "./api.js";
 
 const FINISHED = new Set(["completed", "failed", "cancelled"]);
 const MAX_RECOVERIES = 6;
 
 export class TicketStream {
-  // handlers: onDelta(text), onConnected(), onReconnecting(), onDone({status, error, ...})
+  // handlers: onDelta(text), onConnected(), onReconnecting(), onDone({status, error, ...}),
+  // onRefused(error)
   constructor(ticket, handlers) {
     this.id = ticket.id;
     this.url = ticket.stream_url;
@@ -21,6 +24,7 @@ export class TicketStream {
     this.closed = false;
     this.recoveries = 0;
     this.timer = null;
+    this.opened = false;
   }
 
   start(afterId = 0) {
@@ -36,12 +40,17 @@ export class TicketStream {
     this.source = null;
   }
 
-  #open() {
+  #url() {
     const url = new URL(this.url, window.location.href);
     if (this.lastEventId > 0) url.searchParams.set("last_event_id", String(this.lastEventId));
-    const source = new EventSource(url);
+    return url;
+  }
+
+  #open() {
+    const source = new EventSource(this.#url());
     this.source = source;
     source.onopen = () => {
+      this.opened = true;
       this.recoveries = 0;
       this.handlers.onConnected();
     };
@@ -107,6 +116,15 @@ export class TicketStream {
     if (FINISHED.has(ticket.status) && ticket.last_event_id <= this.lastEventId) {
       this.#finish(ticket);
       return;
+    }
+    if (ticket.status === "pending" && !this.opened) {
+      const refusal = await probeStream(this.#url());
+      if (this.closed) return;
+      if (refusal) {
+        this.close();
+        this.handlers.onRefused(refusal);
+        return;
+      }
     }
     this.#open();
   }
