@@ -17,7 +17,6 @@ from relay.estimate import count_prompt
 from .browser_helpers import DESKTOP, ChatPage, axe_violations, page_errors
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
-from .test_browser import browser  # noqa: F401  (the module's Chromium)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 expect.set_options(timeout=10_000)

@@ -18,7 +18,7 @@ import httpx
 import psycopg
 import pytest
 
-from .accounts import bearer, new_user, relay_cli, signed_in
+from .accounts import bearer, cli_output, new_user, signed_in
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
 
@@ -98,9 +98,9 @@ def test_a_key_limited_by_its_override_and_its_user_by_theirs(
         "RELAY_DEFAULT_MODEL": "echo",
     }, workers=2)
     name = new_user(relay)
-    created = relay_cli(relay, "keys", "create", name).strip().splitlines()
+    created = cli_output(relay, "keys", "create", name).strip().splitlines()
     key, key_id = created[-1], created[0].split()[2]
-    assert "requests_per_minute=3" in relay_cli(relay, "keys", "limits", key_id,
+    assert "requests_per_minute=3" in cli_output(relay, "keys", "limits", key_id,
                                                 "--requests-per-minute", "3")
     time.sleep(1.1)  # overrides are looked for once a second
     with signed_in(relay, name) as page:
@@ -112,7 +112,7 @@ def test_a_key_limited_by_its_override_and_its_user_by_theirs(
         # The key's user, without the key, has no limit.
         for n in range(5):
             assert page.post("/new", json={"prompt": f"page {n}"}).status_code == 201
-        assert "requests_per_minute=2" in relay_cli(relay, "users", "limits", name,
+        assert "requests_per_minute=2" in cli_output(relay, "users", "limits", name,
                                                     "--requests-per-minute", "2")
         time.sleep(1.1)
         assert page.get("/usage").json()["limits"]["user"]["requests_per_minute"] == 2
