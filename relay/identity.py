@@ -121,10 +121,13 @@ def _principal_of_request() -> Principal:
     environ = request.environ
     config = current_app.config
     authorization = environ.get("HTTP_AUTHORIZATION")
-    if authorization is not None and (
-        config["AUTH"] != AuthMode.OPEN or _names_relay_key(authorization)
-    ):
-        return _key_principal(authorization)
+    if authorization is not None:
+        scheme, _, secret = authorization.strip().partition(" ")
+        secret = secret.strip() if scheme.lower() == "bearer" else ""
+        # An open relay needs no key and skips any other header: the OpenAI SDKs always send
+        # their `api_key`.
+        if config["AUTH"] != AuthMode.OPEN or secret.startswith(apikeys.KEY_START):
+            return _key_principal(secret)
     if "access_token=" in environ.get("QUERY_STRING", "") and request.endpoint == "stream.stream":
         return _token_principal(request.args.get("access_token", ""),
                                 (request.view_args or {}).get("ticket_id", ""))
@@ -142,18 +145,10 @@ def _principal_of_request() -> Principal:
     return NOBODY
 
 
-def _names_relay_key(authorization: str) -> bool:
-    """Whether the header carries a relay key. An open relay ignores any other: the OpenAI SDKs
-    always send one (`api_key="unused"`), and an open relay needs none."""
-    scheme, _, secret = authorization.strip().partition(" ")
-    return scheme.lower() == "bearer" and secret.strip().startswith(apikeys.KEY_START)
-
-
-def _key_principal(authorization: str) -> Principal:
-    scheme, _, secret = authorization.strip().partition(" ")
-    secret = secret.strip()
+def _key_principal(secret: str) -> Principal:
+    """The key a Bearer `secret` is ('' for a header that is not a Bearer), else 401."""
     key = None
-    if scheme.lower() == "bearer" and secret:
+    if secret:
         secret_key = current_app.secret_key or ""
         key = _cached(("key", secret), lambda: apikeys.key_by_secret(secret_key, secret))
     if key is None:

@@ -20,14 +20,8 @@ def login() -> Response:
     """Sign in with a username and password (JSON or a form); a new session cookie."""
     _refuse_behind_proxy()
     body = read_body(request)
-    name, password = body.get("username"), body.get("password")
-    address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
-    limiter = relay_state().signin
-    limiter.check(name if isinstance(name, str) else "", address)
-    user = users.authenticate(name, password)
-    if user is None:
-        limiter.failed(name if isinstance(name, str) else "", address)
-        raise Unauthenticated("Wrong username or password.", code=ErrorCode.INVALID_CREDENTIALS)
+    user = _authenticated(body.get("username"), body.get("password"),
+                          "Wrong username or password.")
     _sign_in(user)
     return jsonify({"user": user.json()})
 
@@ -79,13 +73,7 @@ def change_password() -> tuple[str, int]:
     user = _signed_in().user
     assert user is not None
     body = read_body(request)
-    address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
-    limiter = relay_state().signin
-    limiter.check(user.name, address)
-    if users.authenticate(user.name, body.get("current_password")) is None:
-        limiter.failed(user.name, address)
-        raise Unauthenticated("The current password is wrong.",
-                              code=ErrorCode.INVALID_CREDENTIALS)
+    _authenticated(user.name, body.get("current_password"), "The current password is wrong.")
     users.set_password(user.name, users.check_password(body.get("new_password")))
     _sign_in(user)
     return "", 204
@@ -115,6 +103,20 @@ def revoke_key(key_id: str) -> tuple[str, int]:
     """Revoke one of the caller's keys; its streams end."""
     apikeys.revoke_key(key_id, _signed_in().user)
     return "", 204
+
+
+def _authenticated(name: object, password: object, refusal: str) -> users.UserInfo:
+    """The user `name` if `password` is theirs; failures count against the name and the client's
+    address (`signin`), and too many of them are refused before any check."""
+    address = client_address(request.environ, current_app.config["TRUSTED_PROXIES"])
+    counted_as = name if isinstance(name, str) else ""
+    limiter = relay_state().signin
+    limiter.check(counted_as, address)
+    user = users.authenticate(name, password)
+    if user is None:
+        limiter.failed(counted_as, address)
+        raise Unauthenticated(refusal, code=ErrorCode.INVALID_CREDENTIALS)
+    return user
 
 
 def _refuse_behind_proxy() -> None:
