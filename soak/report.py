@@ -20,14 +20,16 @@ def summarize(run: dict[str, Any], found: Findings, args: argparse.Namespace) ->
         problems["a worker restarted"] = 1
     growth = {
         pid: {"rss_mb": round((end[pid]["rss"] - start[pid]["rss"]) / MIB, 1),
-              "fds": end[pid]["fds"] - start[pid]["fds"]}
+              "fds": end[pid]["fds"] - start[pid]["fds"],
+              "sockets": end[pid]["sockets"] - start[pid]["sockets"]}
         for pid in start.keys() & end.keys()
     }
     for pid, grew in growth.items():
         if grew["rss_mb"] > args.max_rss_growth_mb:
             problems[f"worker {pid} memory grew {grew['rss_mb']} MiB"] = 1
         if grew["fds"] > args.max_fd_growth:
-            problems[f"worker {pid} descriptors grew by {grew['fds']}"] = 1
+            problems[f"worker {pid} descriptors grew by {grew['fds']} "
+                     f"({grew['sockets']} of them sockets)"] = 1
     return {
         "seed": run["seed"], "seconds": run["seconds"], "prompt_limit": run["limit"],
         "warmup_tickets": run["warmup_tickets"], "healthz": run["healthz"],
@@ -55,10 +57,11 @@ def table(summary: dict[str, Any]) -> str:
         lines.append(f"| upstream model `{kind}` | {value} |")
     for pid in sorted(summary["workers_start"]):
         start = summary["workers_start"][pid]
-        end = summary["workers_end"].get(pid, {"rss": 0, "fds": 0})
+        end = summary["workers_end"].get(pid, {"rss": 0, "fds": 0, "sockets": 0})
         lines.append(f"| worker {pid} RSS start / end (MiB) | {start['rss'] / MIB:.1f} / "
                      f"{end['rss'] / MIB:.1f} |")
         lines.append(f"| worker {pid} open fds start / end | {start['fds']} / {end['fds']} |")
+        lines.append(f"| worker {pid} sockets start / end | {start['sockets']} / {end['sockets']} |")
     health = summary["healthz"]
     lines.append(f"| /healthz probes / slowest (s) / over 1 s | {health['probes']} / "
                  f"{health['slowest_s']} / {health['over_1s']} |")

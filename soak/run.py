@@ -110,7 +110,9 @@ def _load(args: argparse.Namespace, seed: int, relay: RelayServer, limit: int) -
     soak = Soak(relay.port, limit, args.big_share, timeout=60.0, faults=faults,
                 pool=make_pool(rng))
     pool = Pool(args.concurrency)
-    warmup = max(10, min(100, args.tickets // 20))
+    # Enough at once to fill every pool (store connections, upstream connections) before the
+    # start sample, so that what the soak then finds grown is a leak, not a pool filling up.
+    warmup = max(2 * args.concurrency, min(100, args.tickets // 20))
     for index in range(warmup):
         forced = limit if index < 2 else None
         pool.spawn(soak.flow, random.Random(rng.random()), forced)
@@ -167,7 +169,10 @@ def _sample(relay: RelayServer) -> dict[str, dict[str, int]]:
     workers = {}
     for proc in psutil.Process(relay.process.pid).children():
         try:
-            workers[str(proc.pid)] = {"rss": proc.memory_info().rss, "fds": proc.num_fds()}
+            workers[str(proc.pid)] = {
+                "rss": proc.memory_info().rss, "fds": proc.num_fds(),
+                "sockets": len(proc.net_connections(kind="all")),
+            }
         except psutil.NoSuchProcess:
             pass
     return workers
