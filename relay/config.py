@@ -124,6 +124,13 @@ SETTINGS: tuple[Setting, ...] = (
             "checked every second (every quarter of the timeout when it is shorter than 4 s)."),
     Setting("RELAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "UPSTREAM_CONNECT_TIMEOUT_SECONDS", 10.0,
             _positive(float), "Time allowed to connect to the upstream."),
+    Setting("RELAY_UPSTREAM_MAX_CONCURRENCY", "UPSTREAM_MAX_CONCURRENCY", None, _positive(int),
+            "Concurrent upstream calls, on every worker and host together; tickets beyond it "
+            "wait in a queue that is fair between users (round-robin by owner) and their "
+            "streams get `event: queued` with their position. Unset: no cap, no queue."),
+    Setting("RELAY_UPSTREAM_QUEUE_MAX", "UPSTREAM_QUEUE_MAX", 1000, _positive(int),
+            "Tickets waiting in the upstream queue, in all; one more is refused (`429` "
+            "`queue_full` with `Retry-After`). Only with `RELAY_UPSTREAM_MAX_CONCURRENCY`."),
     Setting("RELAY_MAX_PROMPT_BYTES", "MAX_PROMPT_BYTES", 4 * 1024 * 1024, _positive(int),
             "Largest accepted `POST /new` request body, in bytes (larger: `413`)."),
     Setting("RELAY_MAX_MESSAGES", "MAX_MESSAGES", 1000, _positive(int),

@@ -18,7 +18,7 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import events, metrics, quotas, sse, tickets, usage
+from . import events, fairqueue, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
 from .errors import ErrorCode
@@ -33,6 +33,9 @@ from .writer import STORE_FAILED, BatchWriter
 log = logging.getLogger("relay.generation")
 
 _producers: dict[str, Producer] = {}
+_stopping = False  # this worker shuts down: it takes no more tickets from the queue
+_READER_DISPATCH_SECONDS = 0.2  # how often this worker's queued readers may dispatch
+_last_reader_dispatch = 0.0
 
 
 
@@ -80,13 +83,86 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
         if producer is not None:
             producer.chunks.close()
         raise
-    _producers[ticket_id] = producer
-    producer.greenlet = gevent.spawn(producer.run)
+    _run(producer)
     # The upstream already works on the request (sent as the producer was made, on an idle
     # pooled connection): let the producer start waiting for the answer while the stream's
     # response headers are written.
     gevent.sleep(0)
     return True
+
+
+def _run(producer: Producer) -> None:
+    _producers[producer.ticket_id] = producer
+    producer.greenlet = gevent.spawn(producer.run)
+
+
+def start_or_queue(app: Flask, ticket_id: str, owner: str) -> bool:
+    """`claim_and_start`, or with an upstream cap: queue `owner`'s pending ticket (reserving
+    its quota) and dispatch the queue; False when it is not theirs to start or queue."""
+    if fairqueue.cap(app) is None:
+        return claim_and_start(app, ticket_id, owner)
+    if not fairqueue.enqueue(app, ticket_id, owner):
+        return False
+    dispatch(app)
+    return True
+
+
+def dispatch(app: Flask) -> None:
+    """Give the upstream's free slots to queued tickets (fair order) and generate them here.
+
+    Called when a ticket is queued, when a producer ends, and by queued readers (a killed worker
+    tells nobody): whoever calls it first serves the queue, on any worker or host."""
+    if _stopping:
+        return
+    try:
+        with app.app_context():
+            claimed, reaped = fairqueue.claim_queued(app, worker_id())
+    except Exception:
+        log.exception("could not dispatch the upstream queue")
+        return
+    broker = relay_state(app).broker
+    for ticket_id in reaped:
+        broker.notify(ticket_id)
+    for ticket in claimed:
+        _start_claimed(app, ticket)
+
+
+def dispatch_for_reader(app: Flask) -> None:
+    """`dispatch` on behalf of a queued reader that saw a free slot, at most every 0.2 s per
+    worker, however many readers wait here."""
+    global _last_reader_dispatch
+    now = time.monotonic()
+    if now - _last_reader_dispatch >= _READER_DISPATCH_SECONDS:
+        _last_reader_dispatch = now
+        dispatch(app)
+
+
+def _start_claimed(app: Flask, ticket: fairqueue.Claimed) -> None:
+    """Start the producer of a queued ticket this worker just claimed; should that fail, end
+    the ticket failed (its claim would otherwise be renewed by this worker for ever)."""
+    producer: Producer | None = None
+    try:
+        with app.app_context():
+            request = tickets.claimed_request(ticket.ticket_id, worker_id())
+        if request is None:  # cancelled or deleted meanwhile: ended by whoever did that
+            return
+        if ticket.reserved and not request.get("max_tokens"):
+            # The answer's cap its reservation counted (`quotas.Admission.admit`).
+            request["max_tokens"] = app.config["DEFAULT_MAX_TOKENS_RESERVED"]
+        producer = Producer(app, ticket.ticket_id, ChatRequest.from_stored(request),
+                            ticket.reserved is not None)
+    except Exception:
+        log.exception("could not start queued ticket %s", ticket.ticket_id)
+        outcome = _failed(ErrorCode.INTERNAL_ERROR, "The relay failed to start this answer.")
+        try:
+            with app.app_context():
+                tickets.finish_generation(ticket.ticket_id, worker_id(), outcome, [], "", 1,
+                                          usage.NOTHING_SENT, ticket.reserved is not None)
+        except Exception:
+            log.exception("could not end queued ticket %s", ticket.ticket_id)
+        relay_state(app).broker.notify(ticket.ticket_id)
+        return
+    _run(producer)
 
 
 def cancel(
@@ -105,7 +181,10 @@ def cancel(
 
 
 def stop_all(reason: str) -> None:
-    """Fail every ticket this worker is generating (the worker is shutting down)."""
+    """Fail every ticket this worker is generating (the worker is shutting down); it takes no
+    more from the queue."""
+    global _stopping
+    _stopping = True
     producers = list(_producers.values())
     for producer in producers:
         producer.stop(f"shutdown: {reason}")
@@ -193,6 +272,8 @@ class Producer:
             status = outcome.status if isinstance(outcome, Outcome) else outcome
             log.info("ticket %s %s after %.2fs, %d chunks", self.ticket_id, status,
                      time.monotonic() - self.started, self.log.count)
+            if fairqueue.cap(self.app) is not None:
+                gevent.spawn(dispatch, self.app)  # its slot is free: the next queued ticket
 
     def _stream(self) -> Outcome | Verdict:
         """Relay the upstream's chunks until it finishes, fails or is stopped; the outcome, or

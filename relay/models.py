@@ -42,6 +42,7 @@ class TicketStatus(StrEnum):
 FINISHED_STATUSES = frozenset({TicketStatus.COMPLETED, TicketStatus.FAILED, TicketStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({TicketStatus.PENDING, TicketStatus.RUNNING})
 _UNFINISHED = "status IN ('pending', 'running')"
+_QUEUED = "status = 'pending' AND queued_at IS NOT NULL"
 
 
 class Conversation(Model):
@@ -86,6 +87,8 @@ class Ticket(Model):
               sqlite_where=text(_UNFINISHED), postgresql_where=text(_UNFINISHED)),
         Index("ix_tickets_running_claims", "claimed_by", "cancel_requested",
               sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+        Index("ix_tickets_queued", "queued_at", sqlite_where=text(_QUEUED),
+              postgresql_where=text(_QUEUED)),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -114,6 +117,8 @@ class Ticket(Model):
     key_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Why its cancel was asked, when not by its owner: an ErrorCode its `done` carries.
     cancel_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Set when it waits for an upstream slot (`fairqueue.py`); it stays pending until dispatched.
+    queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class TicketEvent(Model):

@@ -20,7 +20,7 @@ import gevent
 import orjson
 from flask import Flask
 
-from . import events, generation, metrics, sse, tickets
+from . import events, fairqueue, generation, metrics, sse, tickets
 from .broker import Broker
 from .livelog import LiveLog
 from .models import FINISHED_STATUSES, TicketStatus
@@ -39,6 +39,8 @@ class StreamSettings:
     retry_frame: bytes | None
     cancel_on_disconnect: bool
     disconnect_grace: float
+    queue: bool = False  # an upstream cap is set: a ticket may wait in the queue
+    queued_events: bool = True  # tell a queued reader its position (`event: queued`)
 
     @classmethod
     def of(cls, app: Flask) -> StreamSettings:
@@ -50,11 +52,13 @@ class StreamSettings:
             retry_frame=sse.encode(retry=config["RETRY_MS"]),
             cancel_on_disconnect=config["CANCEL_ON_DISCONNECT"],
             disconnect_grace=config["DISCONNECT_GRACE_SECONDS"],
+            queue=config["UPSTREAM_MAX_CONCURRENCY"] is not None,
         )
 
     def for_one_request(self) -> StreamSettings:
         """For a client that cannot resume (`/v1`): no `retry:`, and its leaving cancels."""
-        return replace(self, retry_frame=None, cancel_on_disconnect=True, disconnect_grace=0.0)
+        return replace(self, retry_frame=None, cancel_on_disconnect=True, disconnect_grace=0.0,
+                       queued_events=False)
 
 
 def readers(ticket_id: str) -> int:
@@ -77,6 +81,7 @@ def event_stream(
             yield settings.retry_frame
         last_write = time.monotonic()
         live: LiveLog | None = None
+        queued = _QueuedReader(app, ticket_id) if settings.queue and last_seen == 0 else None
         while True:
             version = broker.version(ticket_id)
             # Kept once seen: a finished log still holds its committed `done`.
@@ -97,12 +102,20 @@ def event_stream(
                     return
                 if more:
                     continue
+            elif queued is not None and live is None and (frame := queued.check()):
+                if settings.queued_events:
+                    yield frame
+                    last_write = time.monotonic()
             elif time.monotonic() - last_write >= settings.heartbeat:
                 yield sse.PING
                 last_write = time.monotonic()
+            if queued is not None and queued.position is None:
+                queued = None  # started (or ended): never queued again
             timeout = settings.heartbeat - (time.monotonic() - last_write)
             if live is None and not broker.crosses_processes:
                 timeout = min(timeout, settings.poll)
+            if queued is not None:
+                timeout = min(timeout, _QUEUED_POLL)  # a killed worker notifies nobody
             if not broker.wait(ticket_id, version, max(timeout, 0.0)) and live is None:
                 final = _done_if_abandoned(app, broker, ticket_id, last_seen)
                 if final:
@@ -112,6 +125,55 @@ def event_stream(
         broker.unwatch(ticket_id)
         metrics.soon(metrics.STREAMS_OPEN.dec)
         _reader_left(app, ticket_id, settings)
+
+
+_QUEUED_POLL = 1.0  # seconds between a queued reader's looks at the queue, at most
+
+
+class _QueuedReader:
+    """A reader's view of its ticket in the upstream queue: the `queued` frame to send when its
+    position changed; a free slot seen makes it dispatch the queue."""
+
+    __slots__ = ("app", "ticket_id", "position", "sent")
+
+    def __init__(self, app: Flask, ticket_id: str) -> None:
+        self.app = app
+        self.ticket_id = ticket_id
+        self.position: int | None = 0  # None once the ticket is no longer queued
+        self.sent: int | None = None
+
+    def check(self) -> bytes | None:
+        self.position, free = fairqueue.position(self.app, self.ticket_id)
+        if self.position is not None and free:
+            generation.dispatch_for_reader(self.app)
+            self.position, _ = fairqueue.position(self.app, self.ticket_id)
+        if self.position is None or self.position == self.sent:
+            return None
+        self.sent = self.position
+        return sse.encode(orjson.dumps({"position": self.position}).decode(), event="queued")
+
+
+def wait_while_queued(app: Flask, ticket_id: str) -> None:
+    """Until the ticket is no longer waiting in the queue (started or ended), dispatching the
+    queue when a slot is free."""
+    reader = _QueuedReader(app, ticket_id)
+    while True:
+        reader.check()
+        if reader.position is None:
+            return
+        gevent.sleep(min(_QUEUED_POLL, relay_state(app).stream_settings.poll * 2.5))
+
+
+def wait_for_end(app: Flask, ticket_id: str) -> None:
+    """Until the ticket is finished (or deleted), generated on any worker: read from the store."""
+    poll = relay_state(app).stream_settings.poll
+    while True:
+        with app.app_context():
+            state = tickets.read_state(ticket_id)
+        if state is None or state.status in FINISHED_STATUSES:
+            return
+        if not reap_if_expired(app, state, ticket_id):
+            gevent.sleep(poll)
 
 
 def stored_frames(
@@ -156,12 +218,19 @@ def wait_for_first_event(app: Flask, ticket_id: str, timeout: float) -> None:
     """Until the ticket has a committed event here, its producer has ended, or `timeout`."""
     broker = relay_state(app).broker
     deadline = time.monotonic() + timeout
+    remote = generation.live_log(ticket_id) is None and fairqueue.cap(app) is not None
     broker.watch(ticket_id)
     try:
         while True:
             version = broker.version(ticket_id)
             live = generation.live_log(ticket_id)
             remaining = deadline - time.monotonic()
+            if live is None and remote and remaining > 0:
+                # Dispatched from the queue to another worker: its events reach the store.
+                if committed_events(app, ticket_id) > 0:
+                    return
+                gevent.sleep(min(relay_state(app).stream_settings.poll, remaining))
+                continue
             if live is None or live.visible > 0 or remaining <= 0:
                 return
             broker.wait(ticket_id, version, remaining)

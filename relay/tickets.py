@@ -46,6 +46,10 @@ _PENDING_REQUEST = (
     "SELECT conversation_id, request, key_id FROM tickets "
     "WHERE id = ? AND owner = ? AND status = 'pending'"
 )
+_CLAIMED_REQUEST = (
+    "SELECT conversation_id, request FROM tickets "
+    "WHERE id = ? AND status = 'running' AND claimed_by = ?"
+)
 _CLAIM_TICKET = (
     "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
     "WHERE id = ? AND owner = ? AND status = 'pending'"
@@ -241,7 +245,7 @@ def claiming(
     conversation cannot change until the ticket ends. An `admission` (limits) runs in the
     claim's transaction once it won: its refusal rolls the claim back (the ticket stays pending).
     """
-    pending = _request_if_pending(ticket_id, owner) if is_valid_id(ticket_id) else None
+    pending = pending_request(ticket_id, owner) if is_valid_id(ticket_id) else None
     if pending is None:
         yield None
         return
@@ -258,15 +262,27 @@ def claiming(
         yield request if claimed == 1 else None
 
 
-def _request_if_pending(ticket_id: str, owner: str) -> tuple[dict[str, Any], str | None] | None:
+def pending_request(ticket_id: str, owner: str) -> tuple[dict[str, Any], str | None] | None:
     """What the ticket sends upstream and the key that made it, read in a transaction of its
     own (it writes nothing); None unless it is `owner`'s and pending."""
     with sql.Transaction(db.engine) as tx:
         row = tx.execute(_PENDING_REQUEST, (ticket_id, owner)).fetchone()
         if row is None:  # not a pending ticket of `owner` (or deleted meanwhile)
             return None
-        cap = current_app.config["MAX_HISTORY_MESSAGES"]
-        return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap), row[2]
+        return _upstream_request(tx, row), row[2]
+
+
+def claimed_request(ticket_id: str, worker_id: str) -> dict[str, Any] | None:
+    """What a ticket the queue just dispatched to `worker_id` sends upstream (its conversation
+    cannot change until it ends); None once it is no longer that worker's (cancelled, deleted)."""
+    with sql.Transaction(db.engine) as tx:
+        row = tx.execute(_CLAIMED_REQUEST, (ticket_id, worker_id)).fetchone()
+        return None if row is None else _upstream_request(tx, row)
+
+
+def _upstream_request(tx: sql.Transaction, row: Any) -> dict[str, Any]:
+    cap = current_app.config["MAX_HISTORY_MESSAGES"]
+    return conversations.upstream_request(tx, row[0], sql.json_value(row[1]), cap)
 
 
 def renew_leases(tx: sql.Transaction, worker_id: str, until: float) -> int:
@@ -315,9 +331,10 @@ def reap_if_expired(ticket_id: str) -> int | None:
 
 
 def cancel_pending(ticket_id: str, reason: ErrorCode | None = None) -> int | None:
-    """End a ticket nobody has started streaming, with `done` status cancelled."""
+    """End a ticket nobody has started streaming, with `done` status cancelled (a queued one
+    holds a reservation: released)."""
     return _finish(ticket_id, _FINISH_PENDING, None, cancelled_outcome(reason),
-                   usage.NOTHING_SENT, False)
+                   usage.NOTHING_SENT, True)
 
 
 def request_cancel(ticket_id: str, reason: ErrorCode | None = None) -> None:

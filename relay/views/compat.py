@@ -18,7 +18,7 @@ import gevent.socket
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .. import events, generation, metrics, quotas, ratelimits, sse, streams, tickets
+from .. import events, fairqueue, generation, metrics, quotas, ratelimits, sse, streams, tickets
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
@@ -76,15 +76,21 @@ def chat_completions() -> Response:
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     try:
-        started = generation.claim_and_start(app, ticket.id, owner)
+        started = generation.start_or_queue(app, ticket.id, owner)
     except TooManyRequests:
         generation.cancel(ticket.id, "refused by a limit", app)  # its client cannot come back
         raise
     if not started:
         raise InternalError("The new ticket could not be claimed.")
+    queue = fairqueue.cap(app) is not None
+    if queue and generation.live_log(ticket.id) is None and _left_while(
+        gevent.spawn(streams.wait_while_queued, app, ticket.id)
+    ):
+        generation.cancel(ticket.id, "its /v1 client left while queued", app)
+        return Response(status=204)  # nobody reads it
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:
-        return _whole_answer(ticket.id, owner, chunks)
+        return _whole_answer(app, ticket.id, owner, chunks, queue)
     settings = state.stream_settings.for_one_request()
     streams.wait_for_first_event(app, ticket.id, settings.heartbeat)
     error = streams.failure_before_first_token(app, ticket.id)
@@ -158,12 +164,20 @@ def _failure_response(error: dict[str, str]) -> Response:
                           error["message"], type="upstream_error")
 
 
-def _whole_answer(ticket_id: str, owner: str, chunks: _Chunks) -> Response:
+def _whole_answer(
+    app: Flask, ticket_id: str, owner: str, chunks: _Chunks, queue: bool
+) -> Response:
     """Wait for the end of generation (cancelling it if the client leaves), then answer it."""
     producer = generation.producer_greenlet(ticket_id)
-    if producer is not None and _left_before(request.environ.get("gunicorn.socket"), producer):
+    if producer is not None and _left_while(producer):
         generation.cancel(ticket_id, "its /v1 client left")
         producer.join()
+    elif queue and producer is None and generation.live_log(ticket_id) is None:
+        # Dispatched from the queue to another worker (or already ended): read the store.
+        waiter = gevent.spawn(streams.wait_for_end, app, ticket_id)
+        if _left_while(waiter):
+            generation.cancel(ticket_id, "its /v1 client left")
+            waiter.join()
     ticket = tickets.load_ticket(ticket_id, owner)
     if ticket.status == TicketStatus.FAILED:
         return _failure_response({"code": ticket.error_code, "message": ticket.error_message})
@@ -174,6 +188,11 @@ def _whole_answer(ticket_id: str, owner: str, chunks: _Chunks) -> Response:
         chunks.whole(text, ticket.finish_reason, ticket.usage), 200,
         content_type="application/json",
     )
+
+
+def _left_while(work: gevent.Greenlet) -> bool:
+    """`_left_before` with this request's client socket."""
+    return _left_before(request.environ.get("gunicorn.socket"), work)
 
 
 def _left_before(client: socket.socket | None, producer: gevent.Greenlet) -> bool:

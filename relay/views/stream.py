@@ -37,8 +37,9 @@ def stream(ticket_id: str) -> Response:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     # The first reader claims with one statement; everyone else reads the row. A HEAD (which
     # Flask answers with this view) gets the GET's status and headers without starting a call,
-    # and a resume never starts one: a ticket with an event to resume from has started.
-    if environ["REQUEST_METHOD"] == "HEAD" or last_seen > 0 or not generation.claim_and_start(
+    # and a resume never starts one: a ticket with an event to resume from has started. With
+    # an upstream cap, the first reader queues it instead (`fairqueue`).
+    if environ["REQUEST_METHOD"] == "HEAD" or last_seen > 0 or not generation.start_or_queue(
         app, ticket_id, owner
     ):
         ticket = tickets.load_ticket(ticket_id, owner)
