@@ -3,18 +3,25 @@ enqueues it (pending, `queued_at` set, its quota reserved) and `claim_queued` ha
 slots to queued tickets, round-robin by owner; and the queue positions its readers are told.
 
 The queue is the store's: every worker and host enqueues, claims and counts in the same rows, so
-nothing of it lives in a worker that may die. A claim of queued tickets runs in one short
-transaction that first writes a lock row (an upsert, as `quotas` locks a user's totals: on
-PostgreSQL it locks that row, on SQLite the write takes the database's lock), so two workers
-never give out the same free slot. `fair_order` is the policy, pure. Must not use `request` or
+nothing of it lives in a worker that may die. An enqueue and a claim of queued tickets each run in
+one short transaction that first writes a lock row (an upsert, as `quotas` locks a user's
+totals: on PostgreSQL it locks that row, on SQLite the write takes the database's lock), so two
+workers never give out the same free slot nor overfill the queue.
+
+Fairness is start-time fair queueing: a ticket is queued with a round (`next_round`), the queue's
+current round (that of the ticket dispatched last) or, when its owner already has tickets queued
+or running, one after the owner's latest; slots go by round, then age (`fair_order`). So owners
+take turns: one with a batch of ten gets rounds 0..9, one arriving later with a single ticket
+the current round, ahead of the batch's rest. (Ranking by the owner's running count alone, as
+first designed, forgets what an owner was just served: once a batch's first two ended together,
+its third ranked with a newcomer's ticket and won on age.) Must not use `request` or
 `g`, nor start producers (`generation.dispatch` does, with what `claim_queued` returns).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +33,25 @@ from .errors import ErrorCode, TooManyRequests
 from .ids import is_valid_id
 
 _LOCK = usage.ADD_TOTALS.format("('queue', 'lock', 0)")
+# The lock row's count is the queue's round: that of the ticket dispatched last.
+_ROUND = "SELECT tokens FROM usage_totals WHERE scope = 'queue' AND period = 'lock'"
+_ADVANCE = (
+    "UPDATE usage_totals SET tokens = ? WHERE scope = 'queue' AND period = 'lock' AND tokens < ?"
+)
+_OWNERS_LAST = (
+    "SELECT MAX(queue_round) FROM tickets "
+    "WHERE owner = ? AND status IN ('pending', 'running') AND queue_round IS NOT NULL"
+)
 _ENQUEUE = (
-    "UPDATE tickets SET queued_at = ? "
+    "UPDATE tickets SET queued_at = ?, queue_round = ? "
     "WHERE id = ? AND owner = ? AND status = 'pending' AND queued_at IS NULL"
 )
 _QUEUED_COUNT = "SELECT COUNT(*) FROM tickets WHERE status = 'pending' AND queued_at IS NOT NULL"
 _QUEUED = (
-    "SELECT id, owner, queued_at FROM tickets WHERE status = 'pending' AND queued_at IS NOT NULL"
+    "SELECT id, queue_round, queued_at FROM tickets "
+    "WHERE status = 'pending' AND queued_at IS NOT NULL"
 )
-_RUNNING = "SELECT owner, lease_expires_at FROM tickets WHERE status = 'running'"
+_RUNNING = "SELECT lease_expires_at FROM tickets WHERE status = 'running'"
 _EXPIRED = "SELECT id FROM tickets WHERE status = 'running' AND lease_expires_at < ?"
 _CLAIM = (
     "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
@@ -45,16 +62,16 @@ _RETRY_FULL = 5  # seconds: a queue drains by a few answers in that time
 _SNAPSHOT_SECONDS = 0.25  # how stale the positions this worker's readers are told may be
 
 
-def fair_order(queued: Sequence[tuple[str, str, float]], running: Mapping[str, int]) -> list[str]:
-    """The ids of queued tickets (id, owner, queued_at) in the order they get a slot: each ranked
-    by its owner's running tickets plus how many of the owner's wait before it, ties by age."""
-    ahead: Counter[str] = Counter()
-    ranked = []
-    for ticket_id, owner, queued_at in sorted(queued, key=lambda row: (row[2], row[0])):
-        ranked.append((running.get(owner, 0) + ahead[owner], queued_at, ticket_id))
-        ahead[owner] += 1
-    ranked.sort()
-    return [ticket_id for _, _, ticket_id in ranked]
+def next_round(current: int, owners_last: int | None) -> int:
+    """The round of an owner's newly queued ticket: the queue's current round (that of the
+    ticket dispatched last), or one after the owner's latest queued or running ticket."""
+    return current if owners_last is None else max(current, owners_last + 1)
+
+
+def fair_order(queued: Sequence[tuple[str, int, float]]) -> list[str]:
+    """The ids of queued tickets (id, round, queued_at) in the order they get a slot: by round,
+    then by age (then id, so that every worker agrees)."""
+    return [row[0] for row in sorted(queued, key=lambda row: (row[1], row[2], row[0]))]
 
 
 def cap(app: Flask) -> int | None:
@@ -79,8 +96,11 @@ def enqueue(app: Flask, ticket_id: str, owner: str) -> bool:
         request, key_id = pending
         admission.prepare(request)
     with sql.Transaction(db.engine) as tx:
-        tx.execute(_LOCK)  # every enqueue and claim in turn: the count below stays true
-        if tx.execute(_ENQUEUE, (time.time(), ticket_id, owner)).rowcount != 1:
+        tx.execute(_LOCK)  # every enqueue and claim in turn: the count and rounds stay true
+        current = int(tx.execute(_ROUND).fetchone()[0])
+        owners_last = tx.execute(_OWNERS_LAST, (owner,)).fetchone()[0]
+        queue_round = next_round(current, None if owners_last is None else int(owners_last))
+        if tx.execute(_ENQUEUE, (time.time(), queue_round, ticket_id, owner)).rowcount != 1:
             return False
         if int(tx.execute(_QUEUED_COUNT).fetchone()[0]) > app.config["UPSTREAM_QUEUE_MAX"]:
             raise TooManyRequests(
@@ -114,14 +134,16 @@ def claim_queued(app: Flask, worker_id: str) -> tuple[list[Claimed], list[str]]:
     lease = app.config["LEASE_SECONDS"]
     with sql.Transaction(db.engine) as tx:
         tx.execute(_LOCK)
-        running = Counter(row[0] for row in tx.execute(_RUNNING).fetchall())
-        free = limit - sum(running.values())
+        free = limit - len(tx.execute(_RUNNING).fetchall())
         if free <= 0:
             return [], reaped
-        chosen = fair_order(tx.execute(_QUEUED).fetchall(), running)[:free]
+        queued = tx.execute(_QUEUED).fetchall()
+        chosen = fair_order(queued)[:free]
         if not chosen:
             return [], reaped
         tx.executemany(_CLAIM, [(worker_id, now, now + lease, ticket_id) for ticket_id in chosen])
+        last = max(int(row[1]) for row in queued if row[0] in chosen)
+        tx.execute(_ADVANCE, (last, last))
         reserved = dict(tx.execute(_RESERVED.format(sql.placeholders(len(chosen))),
                                    chosen).fetchall())
     _snapshots.pop(app, None)
@@ -149,11 +171,10 @@ def snapshot(app: Flask, fresh: bool = False) -> Snapshot:
         return known
     wall = time.time()
     with app.app_context(), sql.Transaction(db.engine) as tx:
-        rows = tx.execute(_RUNNING).fetchall()
+        leases = tx.execute(_RUNNING).fetchall()
         queued = tx.execute(_QUEUED).fetchall()
-    running = Counter(row[0] for row in rows)
-    live = sum(1 for row in rows if (row[1] or 0) >= wall)
-    order = fair_order(queued, running)
+    live = sum(1 for row in leases if (row[0] or 0) >= wall)
+    order = fair_order(queued)
     taken = Snapshot(now, {ticket_id: n for n, ticket_id in enumerate(order, 1)},
                      (cap(app) or 0) - live)
     _snapshots[app] = taken

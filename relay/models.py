@@ -119,6 +119,7 @@ class Ticket(Model):
     cancel_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set when it waits for an upstream slot (`fairqueue.py`); it stays pending until dispatched.
     queued_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    queue_round: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class TicketEvent(Model):
