@@ -177,6 +177,7 @@ function attachStream(ticket, view) {
       view.appendDelta(delta);
       if (follow) scrollToBottom();
     },
+    onQueued: (position) => view.setQueued(position),
     onConnected: () => {
       if (view.status === "reconnecting") {
         view.setStatus(view.text ? "streaming" : "waiting");

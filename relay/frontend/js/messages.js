@@ -39,6 +39,10 @@ export class MessageView {
     if (role === "assistant") {
       this.note = make("p", "note");
       this.note.hidden = true;
+      // Where the answer waits in the relay's queue; read out as it changes.
+      this.queueNote = make("p", "note note-waiting note-queued");
+      this.queueNote.setAttribute("role", "status");
+      this.queueNote.hidden = true;
       this.errorBox = make("p", "error");
       this.errorBox.hidden = true;
       this.actions = make("div", "actions");
@@ -47,7 +51,7 @@ export class MessageView {
         button("regenerate", "refresh", "Regenerate", "Regenerate the answer"),
         button("retry-start", "refresh", "Retry", "Retry starting the answer"),
       );
-      body.append(this.note, this.errorBox, this.actions);
+      body.append(this.note, this.queueNote, this.errorBox, this.actions);
     } else {
       this.content.textContent = content;
     }
@@ -75,6 +79,7 @@ export class MessageView {
     this.note.hidden = !note;
     this.note.className = `note note-${status}`;
     this.note.textContent = note || "";
+    this.queueNote.hidden = true; // until the relay says where it waits again
     // A stop the user asked for carries no error; one forced on them (signed out) says why.
     const showError = status === "failed" || (status === "cancelled" && Boolean(error?.message));
     const refused = status === "refused";
@@ -86,6 +91,16 @@ export class MessageView {
     this.actions.querySelector(".regenerate").hidden = refused;
     this.actions.querySelector(".retry-start").hidden = !refused;
     if (!this.busy || this.text) this.render();
+  }
+
+  // The relay's queue position (1 = next) of an answer not started yet.
+  setQueued(position) {
+    if (this.status !== "waiting") return;
+    const ahead = position - 1;
+    this.note.hidden = true;
+    this.queueNote.hidden = false;
+    this.queueNote.textContent = ahead < 1 ? "Waiting for the model: next"
+      : `Waiting for the model: ${ahead} ahead`;
   }
 
   appendDelta(delta) {

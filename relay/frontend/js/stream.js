@@ -14,7 +14,7 @@ const MAX_RECOVERIES = 6;
 
 export class TicketStream {
   // handlers: onDelta(text), onConnected(), onReconnecting(), onDone({status, error, ...}),
-  // onRefused(error)
+  // onRefused(error), onQueued(position) (waiting for an upstream slot; 1 = next)
   constructor(ticket, handlers) {
     this.id = ticket.id;
     this.url = ticket.stream_url;
@@ -59,6 +59,11 @@ export class TicketStream {
       const data = parseJSON(event.data);
       if (data && typeof data.delta === "string") this.handlers.onDelta(data.delta);
     };
+    // Sent without an id while the ticket waits in the relay's queue, before any token.
+    source.addEventListener("queued", (event) => {
+      const data = parseJSON(event.data);
+      if (data && Number.isInteger(data.position)) this.handlers.onQueued(data.position);
+    });
     source.addEventListener("done", (event) => {
       this.#isNew(event);
       this.#finish(parseJSON(event.data) || { status: "failed", error: unreadable() });
