@@ -121,7 +121,7 @@ def test_single_tickets_of_other_users_start_before_a_batchs_third(
         queued = [b for b in blocks if b.get("event") == ["queued"]]
         assert all("id" not in b for b in queued)
         positions = [json.loads(b["data"][0])["position"] for b in queued]
-        assert all(a != b for a, b in zip(positions, positions[1:])), positions  # on change
+        assert all(a != b for a, b in zip(positions, positions[1:], strict=False)), positions
         # It falls, but for the one rise when B and C arrived and went ahead of A's batch.
         after_rise = positions[positions.index(max(positions)):] if positions else []
         assert after_rise == sorted(after_rise, reverse=True), positions
