@@ -55,7 +55,7 @@ def test_a_queued_answer_shows_how_many_are_ahead_then_streams(
 
         chat = ChatPage(tab).open(relay.url + "/")
         answer = chat.send(f"{tag} my question")
-        note = answer.locator(".note-queued")
+        note = answer.locator(".queue-note")
         expect(note).to_have_text("Waiting for the model: 1 ahead")
         expect(note).to_have_attribute("role", "status")
         chat.wait_status(answer, "waiting")

@@ -40,7 +40,7 @@ export class MessageView {
       this.note = make("p", "note");
       this.note.hidden = true;
       // Where the answer waits in the relay's queue; read out as it changes.
-      this.queueNote = make("p", "note note-waiting note-queued");
+      this.queueNote = make("p", "queue-note");
       this.queueNote.setAttribute("role", "status");
       this.queueNote.hidden = true;
       this.errorBox = make("p", "error");
