@@ -36,6 +36,7 @@ _producers: dict[str, Producer] = {}
 _stopping = False  # this worker shuts down: it takes no more tickets from the queue
 _READER_DISPATCH_SECONDS = 0.2  # how often this worker's queued readers may dispatch
 _last_reader_dispatch = 0.0
+_QUEUE_WATCH_SECONDS = 1.0
 
 
 
@@ -125,6 +126,26 @@ def dispatch(app: Flask) -> None:
         broker.notify(ticket_id)
     for ticket in claimed:
         _start_claimed(app, ticket)
+
+
+def watch_queue(app: Flask) -> None:
+    """Look at the upstream queue each second in this worker (started with it) and dispatch
+    when a slot is free: the waiting tickets of a worker that died may have no reader left."""
+    gevent.spawn(_watch_queue, app)
+
+
+def _watch_queue(app: Flask) -> None:
+    complained = 0.0
+    while not _stopping:
+        gevent.sleep(_QUEUE_WATCH_SECONDS)
+        try:
+            taken = fairqueue.snapshot(app)
+            if taken.positions and taken.free > 0:
+                dispatch(app)
+        except Exception as exc:  # the store is down: said once a minute, not every second
+            if time.monotonic() - complained > 60:
+                complained = time.monotonic()
+                log.warning("could not read the upstream queue (%s)", type(exc).__name__)
 
 
 def dispatch_for_reader(app: Flask) -> None:

@@ -62,6 +62,10 @@ class RelayWorker(GeventWorker):
             self.wsgi = ClientTimeouts(
                 app, config["CLIENT_READ_TIMEOUT_SECONDS"], config["CLIENT_WRITE_TIMEOUT_SECONDS"]
             )
+            if config["UPSTREAM_MAX_CONCURRENCY"] is not None:
+                from relay.generation import watch_queue
+
+                watch_queue(app)  # type: ignore[arg-type]
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> Any:
         try:

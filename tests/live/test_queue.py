@@ -219,11 +219,12 @@ def test_queued_tickets_of_a_killed_worker_are_served(
             claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
                                        (stalled["id"],)).fetchone()[0]
         os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
-        # Their clients come back (as an EventSource does): the dead worker's ticket is reaped
-        # once its lease runs out, and every queued one is served.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-            ends = list(pool.map(lambda t: read_stream(http, t["stream_url"])[-1][2], waiting))
-        assert [end["status"] for end in ends] == ["completed"] * 4
+        # No reader is left (those there were left, or died with their worker): the dead
+        # worker's ticket is reaped once its lease runs out, and every queued one is served.
+        _wait_until(lambda: all(http.get(f"/tickets/{t['id']}").json()["status"] == "completed"
+                                for t in waiting), what="the queued tickets served")
+        for ticket in waiting:
+            assert read_stream(http, ticket["stream_url"])[-1][2]["status"] == "completed"
         shown = http.get(f"/tickets/{stalled['id']}").json()
         assert shown["status"] == "failed" and shown["error"]["code"] == "worker_lost"
     with closing(_store(instance)) as store:
@@ -292,6 +293,45 @@ def _post_and_leave(url: str, text: str) -> None:
             v1.post("/v1/chat/completions", json=body)
         except httpx.ReadTimeout:
             pass  # it leaves: the connection is closed
+
+
+def test_a_queued_ticket_whose_client_comes_back_after_its_worker_died_is_served(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    instance = tmp_path / "back"
+    relay = start_relay(_env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1",
+                             RELAY_LEASE_SECONDS="2"), workers=2, instance=instance)
+    tag = uuid.uuid4().hex[:8]
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
+        with http.stream("GET", stalled["stream_url"]) as response:
+            assert response.status_code == 200
+        _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
+        waiting = [new_ticket(http, f"{tag} waits {n}") for n in range(3)]
+        with http.stream("GET", waiting[0]["stream_url"]) as response:  # stays to read
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert [next(lines) for _ in range(4)] == [
+                "retry: 2000", "", "event: queued", 'data: {"position":1}']
+            for ticket in waiting[1:]:
+                with httpx.Client(base_url=relay.url, timeout=30,
+                                  cookies=dict(http.cookies)) as other:
+                    with other.stream("GET", ticket["stream_url"]) as queued:
+                        assert queued.status_code == 200
+            with closing(_store(instance)) as store:
+                claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
+                                           (stalled["id"],)).fetchone()[0]
+            os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
+            try:  # to its end, or its death with the worker, if it was on that one
+                list(lines)
+            except httpx.HTTPError:
+                pass
+        # The clients come back, as an EventSource does, on whichever worker.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            ends = list(pool.map(lambda t: read_stream(http, t["stream_url"])[-1][2], waiting))
+        assert [end["status"] for end in ends] == ["completed"] * 3
+    with closing(_store(instance)) as store:
+        assert_settled(store)
 
 
 @pytest.mark.postgres
