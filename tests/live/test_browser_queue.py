@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from ..helpers import new_ticket
-from .browser_helpers import DESKTOP, ChatPage, axe_violations, page_errors
+from .browser_helpers import ChatPage, axe_violations
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
+from .test_browser_usage import tab  # noqa: F401 (a fresh profile that may run axe-core)
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 
-@pytest.fixture()
-def tab(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=DESKTOP, bypass_csp=True)  # axe is injected inline
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors = page_errors(page)
-    yield page
-    context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
 def test_a_queued_answer_shows_how_many_are_ahead_then_streams(
-    tab: Page, start_relay: Callable[..., RelayServer], upstream: FakeUpstream
+    tab: Page, start_relay: Callable[..., RelayServer], upstream: FakeUpstream,  # noqa: F811
 ) -> None:
     relay = start_relay({
         "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,

@@ -72,12 +72,42 @@ def _wait_until(check: Callable[[], bool], seconds: float = 20, what: str = "") 
         time.sleep(0.05)
 
 
+def hold_the_slot(http: httpx.Client, upstream: FakeUpstream, tag: str) -> dict[str, Any]:
+    """A ticket that takes an upstream slot and keeps it (until cancelled or its worker dies)."""
+    stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
+    with http.stream("GET", stalled["stream_url"]) as response:
+        assert response.status_code == 200
+    _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
+    return stalled
+
+
+def kill_its_worker(instance: Path, ticket_id: str) -> None:
+    """SIGKILL the worker generating the ticket."""
+    with closing(_store(instance)) as store:
+        claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
+                                   (ticket_id,)).fetchone()[0]
+    os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
+
+
 @pytest.fixture()
 def sqlite_relay(start_relay: Callable[..., RelayServer], upstream: FakeUpstream,
                  tmp_path: Path) -> Iterator[tuple[RelayServer, Path]]:
     instance = tmp_path / "queue"
     yield start_relay(_env(upstream, RELAY_TOKENS_PER_DAY="100000000"), workers=2,
                       instance=instance), instance
+
+
+@pytest.fixture()
+def one_slot(start_relay: Callable[..., RelayServer], upstream: FakeUpstream,
+             tmp_path: Path) -> Callable[..., tuple[RelayServer, Path]]:
+    """Start a relay (two workers, SQLite) with one upstream slot and these settings."""
+
+    def start(**settings: str) -> tuple[RelayServer, Path]:
+        instance = tmp_path / "one-slot"
+        env = _env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1", **settings)
+        return start_relay(env, workers=2, instance=instance), instance
+
+    return start
 
 
 def _store(instance: Path) -> sqlite3.Connection:
@@ -145,15 +175,12 @@ def test_single_tickets_of_other_users_start_before_a_batchs_third(
 
 
 def test_queue_full_cancel_and_reservations(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    one_slot: Callable[..., tuple[RelayServer, Path]], upstream: FakeUpstream,
 ) -> None:
-    instance = tmp_path / "full"
-    relay = start_relay(_env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1",
-                             RELAY_UPSTREAM_QUEUE_MAX="2", RELAY_TOKENS_PER_DAY="100000000"),
-                        workers=2, instance=instance)
+    relay, instance = one_slot(RELAY_UPSTREAM_QUEUE_MAX="2", RELAY_TOKENS_PER_DAY="100000000")
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as http:
-        stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
+        stalled = hold_the_slot(http, upstream, tag)
         tickets = [new_ticket(http, f"{tag} waits {n}") for n in range(3)]
 
         def open_briefly(ticket: dict[str, Any]) -> httpx.Response:
@@ -161,8 +188,6 @@ def test_queue_full_cancel_and_reservations(
                 response.read() if response.status_code != 200 else None
                 return response
 
-        assert open_briefly(stalled).status_code == 200
-        _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
         assert [open_briefly(t).status_code for t in tickets[:2]] == [200, 200]
         refused = open_briefly(tickets[2])
         assert refused.status_code == 429
@@ -199,26 +224,17 @@ def test_queue_full_cancel_and_reservations(
 
 
 def test_queued_tickets_of_a_killed_worker_are_served(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    one_slot: Callable[..., tuple[RelayServer, Path]], upstream: FakeUpstream,
 ) -> None:
-    instance = tmp_path / "killed"
-    relay = start_relay(_env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1",
-                             RELAY_LEASE_SECONDS="2", RELAY_TOKENS_PER_DAY="100000000"),
-                        workers=2, instance=instance)
+    relay, instance = one_slot(RELAY_LEASE_SECONDS="2", RELAY_TOKENS_PER_DAY="100000000")
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as http:
-        stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
-        with http.stream("GET", stalled["stream_url"]) as response:
-            assert response.status_code == 200
-        _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
+        stalled = hold_the_slot(http, upstream, tag)
         waiting = [new_ticket(http, f"{tag} waits {n}") for n in range(4)]
         for ticket in waiting:  # queued by readers on either worker, who then leave
             with http.stream("GET", ticket["stream_url"]) as response:
                 assert response.status_code == 200
-        with closing(_store(instance)) as store:
-            claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
-                                       (stalled["id"],)).fetchone()[0]
-        os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
+        kill_its_worker(instance, stalled["id"])
         # No reader is left (those there were left, or died with their worker): the dead
         # worker's ticket is reaped once its lease runs out, and every queued one is served.
         _wait_until(lambda: all(http.get(f"/tickets/{t['id']}").json()["status"] == "completed"
@@ -234,17 +250,12 @@ def test_queued_tickets_of_a_killed_worker_are_served(
 
 
 def test_v1_waits_in_the_queue_and_its_client_leaving_cancels(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    one_slot: Callable[..., tuple[RelayServer, Path]], upstream: FakeUpstream,
 ) -> None:
-    instance = tmp_path / "v1"
-    relay = start_relay(_env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1"), workers=2,
-                        instance=instance)
+    relay, instance = one_slot()
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as http:
-        stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
-        with http.stream("GET", stalled["stream_url"]) as response:
-            assert response.status_code == 200
-        _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
+        stalled = hold_the_slot(http, upstream, tag)
 
         def complete(text: str, stream: bool) -> httpx.Response:
             body = {"model": "echo", "stream": stream,
@@ -296,17 +307,12 @@ def _post_and_leave(url: str, text: str) -> None:
 
 
 def test_a_queued_ticket_whose_client_comes_back_after_its_worker_died_is_served(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    one_slot: Callable[..., tuple[RelayServer, Path]], upstream: FakeUpstream,
 ) -> None:
-    instance = tmp_path / "back"
-    relay = start_relay(_env(upstream, RELAY_UPSTREAM_MAX_CONCURRENCY="1",
-                             RELAY_LEASE_SECONDS="2"), workers=2, instance=instance)
+    relay, instance = one_slot(RELAY_LEASE_SECONDS="2")
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as http:
-        stalled = new_ticket(http, f"{tag} holds the slot", model="stall:1")
-        with http.stream("GET", stalled["stream_url"]) as response:
-            assert response.status_code == 200
-        _wait_until(lambda: len(upstream.calls_with(f"{tag} holds")) == 1, what="the stall")
+        stalled = hold_the_slot(http, upstream, tag)
         waiting = [new_ticket(http, f"{tag} waits {n}") for n in range(3)]
         with http.stream("GET", waiting[0]["stream_url"]) as response:  # stays to read
             assert response.status_code == 200
@@ -318,10 +324,7 @@ def test_a_queued_ticket_whose_client_comes_back_after_its_worker_died_is_served
                                   cookies=dict(http.cookies)) as other:
                     with other.stream("GET", ticket["stream_url"]) as queued:
                         assert queued.status_code == 200
-            with closing(_store(instance)) as store:
-                claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
-                                           (stalled["id"],)).fetchone()[0]
-            os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
+            kill_its_worker(instance, stalled["id"])
             try:  # to its end, or its death with the worker, if it was on that one
                 list(lines)
             except httpx.HTTPError:
