@@ -343,7 +343,8 @@ def test_the_cap_holds_across_two_hosts(
     start_relay: Callable[..., RelayServer], upstream: FakeUpstream, migrated_postgres: str,
 ) -> None:
     env = _env(upstream, DATABASE_URL=migrated_postgres, REDIS_URL=REDIS_URL,
-               RELAY_SECRET_KEY="shared-secret-of-the-two-hosts-0123456789")
+               RELAY_SECRET_KEY="shared-secret-of-the-two-hosts-0123456789",
+               RELAY_TOKENS_PER_DAY="100000000")  # queued tickets reserve on PostgreSQL too
     hosts = [start_relay(env, workers=2), start_relay(env, workers=2)]
     tag = uuid.uuid4().hex[:8]
     slow = "z" * 30
@@ -364,4 +365,7 @@ def test_the_cap_holds_across_two_hosts(
                              "'echo:20'").fetchall()
         assert len(rows) == 10
         assert spans(rows) <= 2
+        waited = store.execute("SELECT MAX(started_at - queued_at), COUNT(queued_at) FROM "
+                               "tickets WHERE model = 'echo:20'").fetchone()
+        assert waited[0] > 0.1 and waited[1] == 10  # all went through the queue; some waited
         assert_settled(store)
