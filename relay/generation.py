@@ -111,8 +111,9 @@ def start_or_queue(app: Flask, ticket_id: str, owner: str) -> bool:
 def dispatch(app: Flask) -> None:
     """Give the upstream's free slots to queued tickets (fair order) and generate them here.
 
-    Called when a ticket is queued, when a producer ends, and by queued readers (a killed worker
-    tells nobody): whoever calls it first serves the queue, on any worker or host."""
+    Called when a ticket is queued, when a producer ends, by queued readers and by every
+    worker's watcher (a killed worker tells nobody): whoever calls it first serves the queue,
+    on any worker or host."""
     if _stopping:
         return
     try:
