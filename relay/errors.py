@@ -41,6 +41,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate_limited"
     QUOTA_EXCEEDED = "quota_exceeded"
     TOO_MANY_GENERATIONS = "too_many_generations"
+    TOO_MANY_STREAMS = "too_many_streams"
     # Who is calling (CONTRACT.md).
     UNAUTHENTICATED = "unauthenticated"
     INVALID_CREDENTIALS = "invalid_credentials"
