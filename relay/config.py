@@ -182,9 +182,10 @@ SETTINGS: tuple[Setting, ...] = (
             "`X-Forwarded-User`; Authelia: `Remote-User`). Users are created on first sight."),
     Setting("RELAY_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _addresses,
             "Comma-separated addresses or networks of reverse proxies relay trusts: for the "
-            "user header in `proxy` mode (required there) and for `X-Forwarded-Proto` (is the "
-            "request HTTPS, for `Secure` cookies). Empty: gunicorn's default, 127.0.0.1 and ::1, "
-            "for `X-Forwarded-Proto`."),
+            "user header in `proxy` mode (required there), for `X-Forwarded-Proto` (is the "
+            "request HTTPS, for `Secure` cookies) and for `X-Forwarded-For` (the client's "
+            "address, which the sign-in and per-address limits count). Empty: gunicorn's "
+            "default, 127.0.0.1 and ::1, for `X-Forwarded-Proto`."),
     Setting("RELAY_CORS_ORIGINS", "CORS_ORIGINS", (), _origins,
             "Comma-separated origins (`https://app.example`) whose pages may call relay's API "
             "with an API key (CORS, never with cookies). Empty: none."),
