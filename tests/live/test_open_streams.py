@@ -104,10 +104,10 @@ def _at_once(urls: list[str], paths: list[str], headers: dict[str, str]) -> list
         return list(pool.map(open_one, range(len(paths))))
 
 
-def _check_limit_of_two(urls: list[str], while_open: Callable[[], bool] = lambda: True) -> None:
-    """Ten streams of one visitor opened at once admit two (and `while_open()` holds); a /v1
-    stream is then refused in OpenAI's shape; closing one admits one more; another visitor is
-    unaffected."""
+def _check_limit_of_two(urls: list[str], stored: Callable[[], int], in_store: int) -> None:
+    """Ten streams of one visitor opened at once admit two (`stored()`, the store's rows, is
+    then `in_store`); a /v1 stream is then refused in OpenAI's shape; closing one admits one
+    more; another visitor is unaffected; once all are closed, every place is given back."""
     headers = _visitor(urls[0], "198.51.100.1")
     paths = _tickets(urls[0], headers, 10)
     with streams_of(_at_once(urls, paths, headers)) as opened:
@@ -116,7 +116,7 @@ def _check_limit_of_two(urls: list[str], while_open: Callable[[], bool] = lambda
         for stream in opened:
             if stream.status != 200:
                 _assert_refused(stream, "you", 2)
-        assert while_open()
+        assert stored() == in_store
         with httpx.Client(base_url=urls[-1], timeout=30, headers=headers) as http:
             v1 = http.post("/v1/chat/completions", json={
                 "model": "echo", "stream": True, "messages": [{"role": "user", "content": "x"}]})
@@ -128,36 +128,34 @@ def _check_limit_of_two(urls: list[str], while_open: Callable[[], bool] = lambda
         admitted[0].close()
         refused = [paths[n] for n, stream in enumerate(opened[:10]) if stream.status != 200]
         opened.append(_admitted_again(urls[-1], refused[0], headers))
+    deadline = time.monotonic() + 15
+    while stored() != 0:  # given back once each server noticed its stream closed
+        assert time.monotonic() < deadline, "a place was not given back"
+        time.sleep(0.2)
+
+
+def _env(upstream: FakeUpstream, **settings: str) -> dict[str, str]:
+    return {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+            "RELAY_DEFAULT_MODEL": "echo", "RELAY_TRUSTED_PROXIES": "127.0.0.1",
+            "RELAY_CANCEL_ON_DISCONNECT": "true", **settings}
 
 
 def test_streams_per_user_on_sqlite_with_two_workers(
     start_relay: Callable[..., RelayServer], upstream: FakeUpstream,
 ) -> None:
-    relay = start_relay({
-        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url, "RELAY_DEFAULT_MODEL": "echo",
-        "RELAY_MAX_STREAMS_PER_USER": "2", "RELAY_TRUSTED_PROXIES": "127.0.0.1",
-        "RELAY_CANCEL_ON_DISCONNECT": "true",
-    }, workers=2)
+    relay = start_relay(_env(upstream, RELAY_MAX_STREAMS_PER_USER="2"), workers=2)
 
     def stored() -> int:
         with closing(sqlite3.connect(relay.log_path.parent / "relay.db")) as store:
             return int(store.execute("SELECT COUNT(*) FROM open_streams").fetchone()[0])
 
-    _check_limit_of_two([relay.url], lambda: stored() == 2)
-    deadline = time.monotonic() + 15
-    while stored() != 0:  # every stream closed: every place given back, once noticed
-        assert time.monotonic() < deadline, "a place was not given back"
-        time.sleep(0.2)
+    _check_limit_of_two([relay.url], stored, 2)
 
 
 def test_streams_per_address(
     start_relay: Callable[..., RelayServer], upstream: FakeUpstream,
 ) -> None:
-    relay = start_relay({
-        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url, "RELAY_DEFAULT_MODEL": "echo",
-        "RELAY_MAX_STREAMS_PER_ADDRESS": "3", "RELAY_TRUSTED_PROXIES": "127.0.0.1",
-        "RELAY_CANCEL_ON_DISCONNECT": "true",
-    }, workers=2)
+    relay = start_relay(_env(upstream, RELAY_MAX_STREAMS_PER_ADDRESS="3"), workers=2)
     with streams_of([]) as opened:
         for _ in range(3):  # three visitors behind one address, a stream each
             headers = _visitor(relay.url, "203.0.113.9")
@@ -176,11 +174,9 @@ def test_streams_per_address(
 def test_a_killed_workers_streams_stop_counting(
     start_relay: Callable[..., RelayServer], upstream: FakeUpstream, redis: bool,
 ) -> None:
-    relay = start_relay({
-        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url, "RELAY_DEFAULT_MODEL": "echo",
-        "RELAY_MAX_STREAMS_PER_USER": "2", "RELAY_LEASE_SECONDS": "2",
-        **({"REDIS_URL": REDIS_URL} if redis else {}),
-    }, workers=2)
+    relay = start_relay(_env(upstream, RELAY_MAX_STREAMS_PER_USER="2", RELAY_LEASE_SECONDS="2",
+                             RELAY_CANCEL_ON_DISCONNECT="false",
+                             **({"REDIS_URL": REDIS_URL} if redis else {})), workers=2)
     headers = _visitor(relay.url, "192.0.2.1")
     paths = _tickets(relay.url, headers, 3)
     with streams_of([Stream(relay.url, path, headers) for path in paths]) as opened:
@@ -203,13 +199,9 @@ def test_streams_per_user_across_two_hosts_on_postgresql(
     start_relay: Callable[..., RelayServer], upstream: FakeUpstream, migrated_postgres: str,
     redis: bool,
 ) -> None:
-    env = {
-        "DATABASE_URL": migrated_postgres, "OPENAI_API_KEY": "k",
-        "OPENAI_BASE_URL": upstream.base_url, "RELAY_DEFAULT_MODEL": "echo",
-        "RELAY_SECRET_KEY": "shared-secret-of-the-two-hosts-0123456789",
-        "RELAY_MAX_STREAMS_PER_USER": "2", "RELAY_TRUSTED_PROXIES": "127.0.0.1",
-        "RELAY_CANCEL_ON_DISCONNECT": "true", **({"REDIS_URL": REDIS_URL} if redis else {}),
-    }
+    env = _env(upstream, DATABASE_URL=migrated_postgres, RELAY_MAX_STREAMS_PER_USER="2",
+               RELAY_SECRET_KEY="shared-secret-of-the-two-hosts-0123456789",
+               **({"REDIS_URL": REDIS_URL} if redis else {}))
     hosts = start_relay(env, workers=2), start_relay(env, workers=2)
 
     def stored() -> int:
@@ -217,11 +209,7 @@ def test_streams_per_user_across_two_hosts_on_postgresql(
             return int(store.execute("SELECT COUNT(*) FROM open_streams").fetchone()[0])
 
     # Counted by Redis, the store's table is never written; else it holds the two admitted.
-    _check_limit_of_two([host.url for host in hosts], lambda: stored() == (0 if redis else 2))
-    deadline = time.monotonic() + 15
-    while stored() != 0:  # every place given back
-        assert time.monotonic() < deadline, "a place was not given back"
-        time.sleep(0.2)
+    _check_limit_of_two([host.url for host in hosts], stored, 0 if redis else 2)
 
 
 @pytest.fixture()
