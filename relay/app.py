@@ -20,6 +20,7 @@ from .cookies import IdentityCookie
 from .db import MIGRATIONS_DIR, db, migrate, migration_heads, tune_sqlite
 from .errors import register_error_handlers
 from .identity import AuthMode, check_access
+from .openstreams import StreamLimiter
 from .ratelimits import RequestCounter
 from .signin import SignInLimiter
 from .state import RelayState
@@ -81,6 +82,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         writer=BatchWriter(app, engine), stream_settings=StreamSettings.of(app),
         signin=SignInLimiter(config["REDIS_URL"], config["SIGNIN_ATTEMPTS"]),
         request_counter=RequestCounter(config["REDIS_URL"]),
+        open_streams=StreamLimiter(config, engine),
     )
 
     from .views import admin, api, auth, compat, conversations, ops, stream, usage, web

@@ -189,9 +189,10 @@ SETTINGS: tuple[Setting, ...] = (
             "`X-Forwarded-User`; Authelia: `Remote-User`). Users are created on first sight."),
     Setting("RELAY_TRUSTED_PROXIES", "TRUSTED_PROXIES", (), _addresses,
             "Comma-separated addresses or networks of reverse proxies relay trusts: for the "
-            "user header in `proxy` mode (required there) and for `X-Forwarded-Proto` (is the "
-            "request HTTPS, for `Secure` cookies). Empty: gunicorn's default, 127.0.0.1 and ::1, "
-            "for `X-Forwarded-Proto`."),
+            "user header in `proxy` mode (required there), for `X-Forwarded-Proto` (is the "
+            "request HTTPS, for `Secure` cookies) and for `X-Forwarded-For` (the client's "
+            "address, which the sign-in and per-address limits count). Empty: gunicorn's "
+            "default, 127.0.0.1 and ::1, for `X-Forwarded-Proto`."),
     Setting("RELAY_CORS_ORIGINS", "CORS_ORIGINS", (), _origins,
             "Comma-separated origins (`https://app.example`) whose pages may call relay's API "
             "with an API key (CORS, never with cookies). Empty: none."),
@@ -225,6 +226,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELAY_KEY_REQUESTS_PER_MINUTE", "KEY_REQUESTS_PER_MINUTE", None, _positive(int),
             "Requests each API key may make per minute, as `RELAY_REQUESTS_PER_MINUTE` (on top "
             "of its user's limit). Unset: no limit. `relay keys limits` overrides it per key."),
+    Setting("RELAY_ADDRESS_REQUESTS_PER_MINUTE", "ADDRESS_REQUESTS_PER_MINUTE", None,
+            _positive(int),
+            "Requests each client address may make per minute to `POST /new` and "
+            "`/v1/chat/completions`, whoever sends them, as `RELAY_REQUESTS_PER_MINUTE` (an "
+            "open relay's client without a cookie is a new visitor on every request). The "
+            "address is the peer's, or behind `RELAY_TRUSTED_PROXIES` the one they forwarded. "
+            "Unset: no limit."),
+    Setting("RELAY_MAX_STREAMS_PER_USER", "MAX_STREAMS_PER_USER", None, _positive(int),
+            "Streams (`GET /sse/<id>`, streamed `/v1/chat/completions`) each user may have open "
+            "at once, on every worker and host together; one more is refused before it starts "
+            "(`429` `too_many_streams`). A killed worker's streams stop counting after "
+            "`RELAY_LEASE_SECONDS`. Unset: no limit."),
+    Setting("RELAY_MAX_STREAMS_PER_ADDRESS", "MAX_STREAMS_PER_ADDRESS", None, _positive(int),
+            "Streams each client address may have open at once, as `RELAY_MAX_STREAMS_PER_USER` "
+            "(the address as for `RELAY_ADDRESS_REQUESTS_PER_MINUTE`: behind a proxy not in "
+            "`RELAY_TRUSTED_PROXIES`, every client shares the proxy's). Unset: no limit."),
     Setting("RELAY_DEFAULT_MAX_TOKENS_RESERVED", "DEFAULT_MAX_TOKENS_RESERVED", 4096,
             _positive(int),
             "Under a token quota, the answer's cap reserved (and sent upstream as `max_tokens`) "

@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "quota_exceeded"
     TOO_MANY_GENERATIONS = "too_many_generations"
     QUEUE_FULL = "queue_full"
+    TOO_MANY_STREAMS = "too_many_streams"
     # Who is calling (CONTRACT.md).
     UNAUTHENTICATED = "unauthenticated"
     INVALID_CREDENTIALS = "invalid_credentials"

@@ -245,6 +245,24 @@ class RequestCount(Model):
     requests: Mapped[int] = mapped_column(Integer)
 
 
+class OpenStream(Model):
+    """A stream open now, counted against its user's and its address's open-stream limits when
+    no Redis counts them (openstreams.py); its worker renews `expires_at`, so a killed worker's
+    streams stop counting."""
+
+    __tablename__ = "open_streams"
+    __table_args__ = (
+        Index("ix_open_streams_owner", "owner", "expires_at"),
+        Index("ix_open_streams_address", "address", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str] = mapped_column(String(64))
+    worker: Mapped[str] = mapped_column(String(80), index=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class FirstAdmin(Model):
     """At most one row, ever: the admin created from the page's set-up screen. Its primary key
     makes twenty concurrent set-ups create one admin."""

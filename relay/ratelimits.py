@@ -1,8 +1,9 @@
-"""Requests per minute on `POST /new` and `POST /v1/chat/completions`, per user and per API key.
+"""Requests per minute on `POST /new` and `POST /v1/chat/completions`, per user, per API key and
+per client address; and `check_new_request`, every limit such a request meets before it is stored.
 
 A fixed window: a scope's minute starts at its first request, and every request checked counts
-in its user's and its key's window, admitted or refused; one that takes a window over its limit
-is refused until the window ends. With `REDIS_URL` the `limits` library counts (its
+in its user's, its key's and its address's window, admitted or refused; one that takes a window
+over its limit is refused until the window ends. With `REDIS_URL` the `limits` library counts (its
 FixedWindowRateLimiter: an INCR whose first sets the key's expiry), shared by every worker and
 host. Without Redis the store counts, by hand, because no library can: relay's gevent workers
 are separate processes, and `limits` shares counts between processes only through a server
@@ -31,6 +32,7 @@ from .errors import ErrorCode, TooManyRequests
 from .state import relay_state
 
 WINDOW_SECONDS = 60
+_WHO = {"key": "this API key", "address": "your address"}
 _COUNT = (
     "INSERT INTO request_counts (scope, window_start, requests) VALUES (?, ?, 1) "
     "ON CONFLICT (scope) DO UPDATE SET "
@@ -47,7 +49,7 @@ _PURGE = "DELETE FROM request_counts WHERE window_start <= ?"
 class Count:
     """A scope's window after this request: admitted or not, and when it ends."""
 
-    scope: str  # `user:<owner>` or `key:<key_id>`
+    scope: str  # `user:<owner>`, `key:<key_id>` or `address:<address>`
     limit: int
     admitted: bool
     reset_at: float
@@ -62,7 +64,7 @@ def refusal(counts: list[Count], now: float) -> TooManyRequests | None:
     """The 429 for the first window these counts took over its limit, else None."""
     for count in counts:
         if not count.admitted:
-            who = "this API key" if count.scope.startswith("key:") else "you"
+            who = _WHO.get(count.scope.split(":", 1)[0], "you")
             wait = retry_after(count.reset_at, now)
             return TooManyRequests(
                 f"Too many requests for {who} (at most {count.limit} a minute); try again in "
@@ -70,17 +72,28 @@ def refusal(counts: list[Count], now: float) -> TooManyRequests | None:
     return None
 
 
-def check_requests(app: Flask, owner: str, key_id: str | None) -> None:
-    """Count a request against its user's and key's requests per minute; raise 429
-    `rate_limited` when either is over."""
+def check_new_request(app: Flask, owner: str, key_id: str | None, address: str) -> None:
+    """Every limit a new request (`POST /new`, `/v1/chat/completions`) meets before anything is
+    stored: its requests per minute counted, then its quotas checked (429 when over)."""
+    check_requests(app, owner, key_id, address)
+    # A page's EventSource cannot read the claim's 429 on /sse: the quotas refuse here first.
+    quotas.precheck(app, owner, key_id)
+
+
+def check_requests(app: Flask, owner: str, key_id: str | None, address: str = "") -> None:
+    """Count a request against its user's, key's and address's requests per minute; raise 429
+    `rate_limited` when one is over."""
     config = app.config
     overrides = quotas.any_override(app)
+    per_address = config["ADDRESS_REQUESTS_PER_MINUTE"]
     if (config["REQUESTS_PER_MINUTE"] is None and config["KEY_REQUESTS_PER_MINUTE"] is None
-            and not overrides):
+            and per_address is None and not overrides):
         return
     state = relay_state(app)
     limits = state.credentials.get(("requests_per_minute", owner, key_id),
                                    lambda: _limits(config, owner, key_id, overrides))
+    if per_address is not None:
+        limits = [*limits, (f"address:{address}", per_address)]
     if not limits:
         return
     now = time.time()

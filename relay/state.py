@@ -12,6 +12,7 @@ from .secondcache import SecondCache
 
 if TYPE_CHECKING:
     from .broker import Broker
+    from .openstreams import StreamLimiter
     from .ratelimits import RequestCounter
     from .signin import SignInLimiter
     from .streams import StreamSettings
@@ -32,6 +33,7 @@ class RelayState:
     stream_settings: StreamSettings  # of an EventSource stream (`/v1`: `for_one_request()`)
     signin: SignInLimiter
     request_counter: RequestCounter  # requests per minute (ratelimits.py)
+    open_streams: StreamLimiter  # open streams per user and address (openstreams.py)
     # Sessions, keys and proxy users looked up in this second (identity.py).
     credentials: SecondCache = field(default_factory=SecondCache)
     _default_model: str | None = field(default=None)

@@ -7,9 +7,10 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .. import events, generation, metrics, quotas, ratelimits, tickets
+from .. import events, generation, metrics, ratelimits, tickets
 from ..identity import AuthKind, current_owner, current_principal
 from ..models import FINISHED_STATUSES
+from ..signin import client_address
 from ..state import relay_state
 from ..streams import reap_if_expired
 from ..streamtokens import make_token
@@ -30,9 +31,8 @@ def new_ticket() -> Response:
     principal.check_model(spec.model)
     key_id = principal.key.id if principal.key is not None else None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ratelimits.check_requests(app, owner, key_id)
-    # Before anything is stored: a page's EventSource cannot read the claim's 429 on /sse.
-    quotas.precheck(app, owner, key_id)
+    ratelimits.check_new_request(app, owner, key_id, client_address(
+        request.environ, app.config["TRUSTED_PROXIES"]))
     ticket = tickets.create_ticket(owner, spec, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     # What url_for("stream.stream") gives, without the URL map on the hot path.

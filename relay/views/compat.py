@@ -18,13 +18,16 @@ import gevent.socket
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
-from .. import events, fairqueue, generation, metrics, quotas, ratelimits, sse, streams, tickets
+from .. import (
+    events, fairqueue, generation, metrics, openstreams, ratelimits, sse, streams, tickets,
+)
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
+from ..signin import client_address
 from ..state import relay_state
 from ..upstream import UpstreamError
-from ..validation import parse_chat_completion, read_json_object
+from ..validation import ChatCompletionRequest, parse_chat_completion, read_json_object
 from .stream import STREAM_HEADERS
 
 bp = Blueprint("compat", __name__, url_prefix="/v1")
@@ -71,8 +74,22 @@ def chat_completions() -> Response:
     principal.check_model(completion.ticket.model)
     key_id = principal.key.id if principal.key is not None else None
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    ratelimits.check_requests(app, owner, key_id)
-    quotas.precheck(app, owner, key_id)  # refused before anything is stored
+    ratelimits.check_new_request(app, owner, key_id, client_address(
+        request.environ, app.config["TRUSTED_PROXIES"]))
+    # A stream's place is taken before anything is stored; given back when its response closes.
+    slot = openstreams.open_stream(app, owner, request.environ) if completion.stream else None
+    try:
+        return _complete(app, completion, owner, key_id, slot)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+
+
+def _complete(
+    app: Flask, completion: ChatCompletionRequest, owner: str, key_id: str | None,
+    slot: openstreams.Slot | None,
+) -> Response:
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     try:
@@ -87,16 +104,22 @@ def chat_completions() -> Response:
         gevent.spawn(streams.wait_while_queued, app, ticket.id)
     ):
         generation.cancel(ticket.id, "its /v1 client left while queued", app)
+        if slot is not None:
+            slot.release()
         return Response(status=204)  # nobody reads it
     chunks = _Chunks(ticket.id, completion.ticket.model, completion.include_usage)
     if not completion.stream:
         return _whole_answer(app, ticket.id, owner, chunks, queue)
-    settings = state.stream_settings.for_one_request()
+    settings = relay_state(app).stream_settings.for_one_request()
     streams.wait_for_first_event(app, ticket.id, settings.heartbeat)
     error = streams.failure_before_first_token(app, ticket.id)
     if error is not None:
+        if slot is not None:
+            slot.release()
         return _failure_response(error)
-    stream = streams.event_stream(app, ticket.id, 0, settings, chunks.render)
+    stream = openstreams.held(
+        streams.event_stream(app, ticket.id, 0, settings, chunks.render), slot
+    )
     return Response(
         stream, status=200, content_type="text/event-stream; charset=utf-8",
         headers=STREAM_HEADERS, direct_passthrough=True,

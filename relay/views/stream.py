@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask, Response, current_app, request
 
-from .. import generation, sse, tickets
+from .. import generation, openstreams, sse, tickets
 from ..errors import ErrorCode, InvalidRequest
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
@@ -35,6 +37,21 @@ def stream(ticket_id: str) -> Response:
         tickets.load_ticket(ticket_id, owner)  # an unknown ticket is 404 first
         raise InvalidRequest(str(exc), code=ErrorCode.INVALID_LAST_EVENT_ID) from exc
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    # Before anything starts (a HEAD only checks); given back when the response closes.
+    slot = openstreams.open_stream(app, owner, environ,
+                                   take=environ["REQUEST_METHOD"] != "HEAD")
+    try:
+        return _stream(app, ticket_id, owner, environ, last_seen, slot)
+    except BaseException:
+        if slot is not None:
+            slot.release()
+        raise
+
+
+def _stream(
+    app: Flask, ticket_id: str, owner: str, environ: dict[str, Any], last_seen: int,
+    slot: openstreams.Slot | None,
+) -> Response:
     # The first reader claims with one statement; everyone else reads the row. A HEAD (which
     # Flask answers with this view) gets the GET's status and headers without starting a call,
     # and a resume never starts one: a ticket with an event to resume from has started. With
@@ -45,6 +62,8 @@ def stream(ticket_id: str) -> Response:
         ticket = tickets.load_ticket(ticket_id, owner)
         if ticket.status in FINISHED_STATUSES:
             if last_seen == ticket.last_seq:
+                if slot is not None:
+                    slot.release()
                 return Response(status=204)
             # An id past `done` was never sent by relay; answer `done`, not an endless stream.
             last_seen = min(last_seen, ticket.last_seq - 1)
@@ -55,7 +74,9 @@ def stream(ticket_id: str) -> Response:
                 f"Last-Event-ID {last_seen} is past the last event of this ticket so far.",
                 code=ErrorCode.INVALID_LAST_EVENT_ID,
             )
-    body = event_stream(app, ticket_id, last_seen, relay_state(app).stream_settings)
+    body = openstreams.held(
+        event_stream(app, ticket_id, last_seen, relay_state(app).stream_settings), slot
+    )
     # direct_passthrough: the body already yields bytes; werkzeug's re-encoding generator
     # would be one more layer per frame.
     return Response(

@@ -1,7 +1,7 @@
 """Requests per minute through real servers: 40 concurrent requests against a limit of 10 admit
 exactly 10, on one SQLite machine with two gevent workers (counted in the store) and across two
-hosts on PostgreSQL and Redis (counted with `limits`); per-key overrides; OpenAI's shape on
-`/v1`."""
+hosts on PostgreSQL and Redis (counted with `limits`); per client address, for cookieless
+visitors; per-key overrides; OpenAI's shape on `/v1`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,37 @@ def test_forty_concurrent_requests_admit_ten_on_sqlite_with_two_workers(
         assert store.execute("SELECT COUNT(*) FROM tickets").fetchone() == (11,)
         counts = sorted(row[0] for row in store.execute("SELECT requests FROM request_counts"))
     assert counts == [1, 41]  # every request counts, refused or not
+
+
+def test_forty_concurrent_cookieless_requests_from_one_address_admit_ten(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream,
+) -> None:
+    # In open mode each of these is a new anonymous visitor: only the address's limit bites.
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_ADDRESS_REQUESTS_PER_MINUTE": "10",
+        "RELAY_REQUESTS_PER_MINUTE": "5", "RELAY_TRUSTED_PROXIES": "127.0.0.1",
+    }, workers=2)
+    responses = _burst([relay.url], 40)
+    admitted = [r for r in responses if r.status_code == 201]
+    assert len(admitted) == 10, sorted(r.status_code for r in responses)
+    assert len({r.json()["id"] for r in admitted}) == 10
+    for response in responses:
+        if response.status_code != 201:
+            _assert_refused(response, "your address")
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        v1 = http.post("/v1/chat/completions", json={
+            "model": "echo", "messages": [{"role": "user", "content": "one more"}]})
+        _assert_refused(v1, "your address")
+        # Another address (behind the trusted proxy) has a window of its own.
+        elsewhere = http.post("/new", json={"prompt": "mine", "model": "echo"},
+                              headers={"X-Forwarded-For": "198.51.100.7"})
+        assert elsewhere.status_code == 201, elsewhere.text
+    with closing(sqlite3.connect(relay.log_path.parent / "relay.db")) as store:
+        assert store.execute("SELECT COUNT(*) FROM tickets").fetchone() == (11,)
+        counts = dict(store.execute(
+            "SELECT scope, requests FROM request_counts WHERE scope LIKE 'address:%'"))
+    assert counts == {"address:127.0.0.1": 41, "address:198.51.100.7": 1}
 
 
 def test_a_key_limited_by_its_override_and_its_user_by_theirs(

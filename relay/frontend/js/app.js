@@ -167,7 +167,7 @@ async function regenerate(previous) {
   attachStream(ticket, view);
 }
 
-function attachStream(ticket, view) {
+function attachStream(ticket, view, afterId = 0) {
   if (state.view !== view) setBusy(true, view);
   view.ticketId = ticket.id;
   view.ticket = ticket; // for Retry, should a limit refuse to start it
@@ -199,23 +199,24 @@ function attachStream(ticket, view) {
       announce(ANNOUNCEMENTS[view.status] || "");
       sidebar.refresh();
     },
-    onRefused: (error) => {
+    onRefused: (error, lastEventId) => {
+      view.resumeFrom = lastEventId; // Retry goes on after what is shown
       view.setStatus("refused", error);
       state.stream = null;
       setBusy(false);
-      announce(`Could not start: ${refusalText(error)}`);
+      announce(`${view.text ? "Could not go on" : "Could not start"}: ${refusalText(error)}`);
     },
   });
   state.stream = stream;
-  stream.start();
+  stream.start(afterId);
   if (state.stopRequested) stop();
 }
 
-// Start a refused answer again (its ticket is still pending).
+// Start (or go on streaming) an answer a limit refused.
 function retryStart(view) {
   if (state.view || !view.ticket) return;
-  view.setStatus("waiting");
-  attachStream(view.ticket, view);
+  view.setStatus(view.text ? "streaming" : "waiting");
+  attachStream(view.ticket, view, view.resumeFrom || 0);
   ui.stop.focus();
 }
 

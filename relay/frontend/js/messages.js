@@ -1,6 +1,7 @@
 // One message in the log. An assistant message moves through the states
 // waiting -> streaming (-> reconnecting -> streaming) -> completed | cancelled | failed,
-// or waiting -> refused (a limit would not let it start; Retry starts it again),
+// or waiting (or streaming) -> refused (a limit would not let it start, or its stream reopen;
+// Retry starts it again, after what is shown),
 // shown in `data-status` and in words, so both people and tests can see where it is.
 
 import { icon } from "./icons.js";
@@ -85,7 +86,7 @@ export class MessageView {
     const refused = status === "refused";
     this.errorBox.hidden = !showError && !refused;
     this.errorBox.textContent = showError ? errorText(error) : "";
-    if (refused) this.errorBox.append(refusedText(error));
+    if (refused) this.errorBox.append(refusedText(error, Boolean(this.text)));
     this.actions.hidden = this.busy;
     this.actions.querySelector(".copy-answer").hidden = !this.text;
     this.actions.querySelector(".regenerate").hidden = refused;
@@ -132,9 +133,9 @@ function errorText(error) {
 }
 
 // "Could not start: Daily token quota reached. Try again in 5 hours." and the relay's reason.
-function refusedText(error) {
+function refusedText(error, started = false) {
   const text = document.createDocumentFragment();
-  text.append(`Could not start: ${refusalText(error || {})}`, " ",
+  text.append(`${started ? "Could not go on" : "Could not start"}: ${refusalText(error || {})}`, " ",
     make("span", "refusal-detail", (error && error.message) || ""));
   return text;
 }

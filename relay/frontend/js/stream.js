@@ -4,8 +4,9 @@
 // relay resumes exactly after the last event we saw. Ids we have already applied are ignored
 // anyway, so a replay can never duplicate text. When the browser gives up (an HTTP error ends
 // the EventSource), we ask /tickets/<id> what happened and reopen with ?last_event_id=n. A stream
-// that never opened on a ticket still pending may have been refused by a limit (a 429 that
-// EventSource cannot read): probeStream() reads it, and onRefused(error) shows it.
+// of an unfinished ticket that the relay refused may have been refused by a limit (a 429 that
+// EventSource cannot read: too many streams open, or a quota at the start): probeStream() reads
+// it, and onRefused(error, lastEventId) shows it rather than retrying in vain.
 
 import { getTicket, probeStream } from "./api.js";
 
@@ -14,7 +15,7 @@ const MAX_RECOVERIES = 6;
 
 export class TicketStream {
   // handlers: onDelta(text), onConnected(), onReconnecting(), onDone({status, error, ...}),
-  // onRefused(error), onQueued(position) (waiting for an upstream slot; 1 = next)
+  // onRefused(error, lastEventId), onQueued(position) (waiting for an upstream slot; 1 = next)
   constructor(ticket, handlers) {
     this.id = ticket.id;
     this.url = ticket.stream_url;
@@ -122,12 +123,12 @@ export class TicketStream {
       this.#finish(ticket);
       return;
     }
-    if (ticket.status === "pending" && !this.opened) {
+    if (!FINISHED.has(ticket.status)) {
       const refusal = await probeStream(this.#url());
       if (this.closed) return;
       if (refusal) {
         this.close();
-        this.handlers.onRefused(refusal);
+        this.handlers.onRefused(refusal, this.lastEventId);
         return;
       }
     }
