@@ -19,7 +19,15 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import (
-    events, fairqueue, generation, metrics, openstreams, ratelimits, sse, streams, tickets,
+    events,
+    fairqueue,
+    generation,
+    metrics,
+    openstreams,
+    ratelimits,
+    sse,
+    streams,
+    tickets,
 )
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
