@@ -18,13 +18,13 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import events, metrics, quotas, sse, tickets, usage
+from . import conversations, events, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
-from .errors import ErrorCode
+from .errors import Conflict, ErrorCode
 from .events import Outcome, StoredEvent
 from .livelog import LiveLog
-from .models import TicketStatus
+from .models import Conversation, TicketStatus
 from .state import relay_state
 from .tickets import Verdict, worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
@@ -33,6 +33,9 @@ from .writer import STORE_FAILED, BatchWriter
 log = logging.getLogger("relay.generation")
 
 _producers: dict[str, Producer] = {}
+# How long a conversation's delete waits for the producers it cancelled to end their tickets
+# (a cancel reaches another worker within RELAY_POLL_MS without Redis, at once with it).
+_DELETE_WAIT_SECONDS = 3.0
 
 
 
@@ -102,6 +105,29 @@ def cancel(
     broker.cancel(ticket_id)
     broker.notify(ticket_id)
     log.info("ticket %s cancel requested (%s)", ticket_id, why)
+
+
+def delete_conversation(app: Flask, conversation: Conversation) -> None:
+    """Delete a conversation once its tickets have ended, so that each that reached the upstream
+    leaves its usage row and releases its reservation: cancel them, give their producers a
+    moment to end them with what they spent, then end from the store any still running."""
+    for _ in range(3):  # again only if a ticket of it was started meanwhile
+        active = tickets.active_tickets(conversation.id)
+        for ticket in active:
+            cancel(ticket.id, "its conversation is deleted", app)
+        running = [ticket.id for ticket in active if ticket.status == TicketStatus.RUNNING]
+        deadline = time.monotonic() + _DELETE_WAIT_SECONDS
+        while running and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+            running = [ticket_id for ticket_id in running
+                       if (state := tickets.read_state(ticket_id)) is not None
+                       and state.status == TicketStatus.RUNNING]
+        for ticket_id in running:
+            tickets.end_for_deletion(ticket_id)
+        if conversations.delete_conversation(conversation):
+            return
+    raise Conflict("This conversation is still generating an answer; try again.",
+                   code=ErrorCode.CONVERSATION_BUSY)
 
 
 def stop_all(reason: str) -> None:
