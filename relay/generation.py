@@ -18,7 +18,7 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import conversations, events, metrics, quotas, sse, tickets, usage
+from . import conversations, estimate, events, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
 from .errors import Conflict, ErrorCode
@@ -78,7 +78,8 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
             if request is None:
                 return False
             reserved = admission is not None and admission.reserved
-            producer = Producer(app, ticket_id, ChatRequest.from_stored(request), reserved)
+            producer = Producer(app, ticket_id, ChatRequest.from_stored(request), reserved,
+                                admission.cap if reserved and admission is not None else None)
     except BaseException:
         if producer is not None:
             producer.chunks.close()
@@ -143,16 +144,22 @@ class Producer:
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
-                 "model", "reserved")
+                 "model", "reserved", "cap", "answer_tokens", "cut")
 
     def __init__(
-        self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False
+        self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False,
+        cap: int | None = None,
     ) -> None:
         self.app = app
         self.ticket_id = ticket_id
         self.messages = request.messages  # for the usage estimate, if the upstream gives none
         self.model = request.model
         self.reserved = reserved
+        # The answer's tokens a quota reserved: an upstream that ignores `max_tokens` is
+        # stopped there (by the estimate, which errs high), so it cannot overdraw the quota.
+        self.cap = cap
+        self.answer_tokens = 0  # estimated, counted only under a cap
+        self.cut = False
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
         # Made in the claiming request's greenlet, which may send the request at once.
@@ -239,6 +246,8 @@ class Producer:
                 if isinstance(item, Finish):
                     return Outcome(TicketStatus.COMPLETED, item.finish_reason, item.usage)
                 if item.text:
+                    if self.cap is not None and self._past_cap(item.text):
+                        return Outcome(TicketStatus.COMPLETED, "length")
                     self._append(item)
         except Stop as stop:
             if stop.reason == Verdict.LOST:
@@ -260,6 +269,18 @@ class Producer:
                            "The relay failed while generating this answer.")
         finally:
             chunks.close()
+
+    def _past_cap(self, text: str) -> bool:
+        """Whether this delta would take the answer past its reserved cap (it is then dropped,
+        and the upstream call closed); else it is counted."""
+        tokens = self.answer_tokens + estimate.count_tokens(text)
+        if self.cap is not None and tokens > self.cap:
+            log.warning("ticket %s: the upstream went on past the answer's cap of %d tokens; "
+                        "stopped", self.ticket_id, self.cap)
+            self.cut = True
+            return True
+        self.answer_tokens = tokens
+        return False
 
     def _append(self, delta: Delta) -> None:
         seq = self.log.count + 1
@@ -285,7 +306,7 @@ class Producer:
         stored = events.storable_text(generated)
         price = (self.app.config["MODEL_PRICES"] or {}).get(self.model)
         figures = usage.measure(usage.Spent(outcome.usage, self.messages, generated),
-                                outcome.status, stored, price)
+                                outcome.status, stored, price, self.cap if self.cut else None)
         try:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_generation(

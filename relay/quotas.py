@@ -112,12 +112,14 @@ class Scope:
 
 
 class Admission:
-    """One claim's admission: `reserved` once it took a reservation."""
+    """One claim's admission: `reserved` once it took a reservation, `cap` the answer's tokens
+    it reserved (None: no token quota applies)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.reserved = False
         self.prompt_tokens = 0
+        self.cap: int | None = None
 
     def prepare(self, request: dict[str, Any]) -> None:
         """Estimate the prompt before the claim's transaction, which should hold no lock for
@@ -136,6 +138,7 @@ class Admission:
             cap = request.get("max_tokens") or self.config["DEFAULT_MAX_TOKENS_RESERVED"]
             request["max_tokens"] = cap  # what is reserved is all the upstream may answer
             need = self.prompt_tokens + cap
+            self.cap = cap
         now = time.time()
         day, month = usage.day_and_month(now)
         for scope in scopes:  # users before keys, in every transaction: no deadlock

@@ -17,7 +17,9 @@ import httpx
 import psycopg
 import pytest
 
-from ..helpers import read_stream
+from relay.estimate import count_prompt, count_tokens
+
+from ..helpers import new_ticket, read_stream
 from .accounts import bearer, cli_output, new_user, signed_in
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
@@ -152,6 +154,40 @@ def test_concurrent_generations_per_key_with_overrides(
     assert everything["limits"]["user"]["max_generations"] == 20
     with closing(_store(relay.log_path.parent)) as store:
         assert_settled(store)
+
+
+def test_an_upstream_that_ignores_max_tokens_is_stopped_at_the_reserved_cap(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+) -> None:
+    instance = tmp_path / "cap"
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo:10", "RELAY_TOKENS_PER_DAY": "1000",
+    }, workers=2, instance=instance)
+    tag = uuid.uuid4().hex[:8]
+    # 200 chunks of `xxx` (a token each, by the estimate and by the fake's own count), 10 ms
+    # apart, whatever `max_tokens` says.
+    prompt = f"{tag}" + "x" * 600
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        ticket = new_ticket(http, prompt, max_tokens=30)
+        events = read_stream(http, ticket["stream_url"])
+    done = events[-1][2]
+    assert (done["status"], done["finish_reason"]) == ("completed", "length")
+    text = "".join(data["delta"] for _, kind, data in events if kind == "message")
+    assert prompt.startswith(text) and count_tokens(text) <= 30
+    [call] = upstream.calls_with(tag)
+    assert call.max_tokens == 30  # asked, and ignored
+    assert call.ended.wait(10) and not call.completed  # relay closed the call
+    assert call.chunks_sent < 100
+    with closing(_store(instance)) as store:
+        assert_settled(store)
+        row = store.execute("SELECT prompt_tokens, completion_tokens, estimated, status "
+                            "FROM usage WHERE ticket_id = ?", (ticket["id"],)).fetchone()
+    # The call was closed before any usage report: estimated, within what was reserved.
+    prompt_tokens, completion_tokens, estimated, status = row
+    assert estimated and status == "completed"
+    assert completion_tokens == count_tokens(text) <= 30
+    assert prompt_tokens == count_prompt([{"role": "user", "content": prompt}])
 
 
 @pytest.mark.postgres
