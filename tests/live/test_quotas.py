@@ -1,5 +1,6 @@
-"""Quotas and concurrent generations through real servers (two gevent workers on SQLite):
-never overdrawn by concurrent requests, and the usage rows equal the stored tickets."""
+"""Quotas and concurrent generations through real servers (two gevent workers on SQLite, and
+on PostgreSQL): never overdrawn by concurrent requests nor by an upstream that ignores
+`max_tokens`, and the usage rows equal the stored tickets."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..helpers import new_ticket, read_stream
 from .accounts import bearer, cli_output, new_user, signed_in
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
-from .usage_helpers import assert_settled, open_stream
+from .usage_helpers import Store, assert_settled, open_stream
 
 pytestmark = pytest.mark.timeout(120)
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -72,13 +73,12 @@ def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
 
 
 def test_concurrent_generations_per_user(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
 ) -> None:
-    instance = tmp_path / "generations"
     relay = start_relay({
         "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
-        "RELAY_DEFAULT_MODEL": "echo", "RELAY_MAX_GENERATIONS": "2",
-    }, workers=2, instance=instance)
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_MAX_GENERATIONS": "2", **store.env,
+    }, workers=2, instance=store.instance)
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as first, \
             httpx.Client(base_url=relay.url, timeout=30) as second:
@@ -102,13 +102,10 @@ def test_concurrent_generations_per_user(
             if status == 429:
                 assert body["error"]["code"] == "too_many_generations" and retry_after
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with closing(_store(instance)) as store:
-            if store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0:
-                break
+    while store.rows("SELECT COUNT(*) AS n FROM reservations")[0]["n"] and (
+            time.monotonic() < deadline):
         time.sleep(0.1)
-    with closing(_store(instance)) as store:
-        assert_settled(store)
+    store.assert_settled()
 
 
 def test_concurrent_generations_per_key_with_overrides(

@@ -1,7 +1,8 @@
 """Usage through real servers: after every way a ticket ends (completed, cancelled running or
 pending, a reader gone, an upstream fault, its worker SIGKILLed and reaped) no reservation is
 left and the usage rows equal the stored tickets, one each, token for token; the upstream's
-report is used as is, its absence is estimated; `GET /usage` and `relay usage --json` agree."""
+report is used as is, its absence is estimated; `GET /usage` and `relay usage --json` agree; a
+deleted conversation's tickets keep their usage rows. Each on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
