@@ -10,8 +10,8 @@ import time
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 from sqlalchemy import text
+from werkzeug.test import TestResponse
 
 from relay import quotas, users
 from relay.db import db

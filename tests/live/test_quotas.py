@@ -154,13 +154,11 @@ def test_concurrent_generations_per_key_with_overrides(
 
 
 def test_an_upstream_that_ignores_max_tokens_is_stopped_at_the_reserved_cap(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
 ) -> None:
-    instance = tmp_path / "cap"
-    relay = start_relay({
-        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
-        "RELAY_DEFAULT_MODEL": "echo:10", "RELAY_TOKENS_PER_DAY": "1000",
-    }, workers=2, instance=instance)
+    relay = start_relay({"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+                         "RELAY_DEFAULT_MODEL": "echo:10", "RELAY_TOKENS_PER_DAY": "1000",
+                         **store.env}, workers=2, instance=store.instance)
     tag = uuid.uuid4().hex[:8]
     # 200 chunks of `xxx` (a token each, by the estimate and by the fake's own count), 10 ms
     # apart, whatever `max_tokens` says.
@@ -176,15 +174,12 @@ def test_an_upstream_that_ignores_max_tokens_is_stopped_at_the_reserved_cap(
     assert call.max_tokens == 30  # asked, and ignored
     assert call.ended.wait(10) and not call.completed  # relay closed the call
     assert call.chunks_sent < 100
-    with closing(_store(instance)) as store:
-        assert_settled(store)
-        row = store.execute("SELECT prompt_tokens, completion_tokens, estimated, status "
-                            "FROM usage WHERE ticket_id = ?", (ticket["id"],)).fetchone()
+    store.assert_settled()
+    [row] = store.rows("SELECT * FROM usage WHERE ticket_id = ?", (ticket["id"],))
     # The call was closed before any usage report: estimated, within what was reserved.
-    prompt_tokens, completion_tokens, estimated, status = row
-    assert estimated and status == "completed"
-    assert completion_tokens == count_tokens(text) <= 30
-    assert prompt_tokens == count_prompt([{"role": "user", "content": prompt}])
+    assert row["estimated"] and row["status"] == "completed"
+    assert row["completion_tokens"] == count_tokens(text) <= 30
+    assert row["prompt_tokens"] == count_prompt([{"role": "user", "content": prompt}])
 
 
 @pytest.mark.postgres
