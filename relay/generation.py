@@ -144,7 +144,7 @@ class Producer:
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
-                 "model", "reserved", "cap", "answer_tokens", "cut")
+                 "model", "reserved", "cap", "answer_chunks", "answer_estimate", "cut")
 
     def __init__(
         self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False,
@@ -156,9 +156,10 @@ class Producer:
         self.model = request.model
         self.reserved = reserved
         # The answer's tokens a quota reserved: an upstream that ignores `max_tokens` is
-        # stopped there (by the estimate, which errs high), so it cannot overdraw the quota.
+        # stopped there, so it cannot overdraw the quota.
         self.cap = cap
-        self.answer_tokens = 0  # estimated, counted only under a cap
+        self.answer_chunks = 0  # counted only under a cap
+        self.answer_estimate = 0
         self.cut = False
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
@@ -272,14 +273,20 @@ class Producer:
 
     def _past_cap(self, text: str) -> bool:
         """Whether this delta would take the answer past its reserved cap (it is then dropped,
-        and the upstream call closed); else it is counted."""
-        tokens = self.answer_tokens + estimate.count_tokens(text)
-        if self.cap is not None and tokens > self.cap:
+        and the upstream call closed); else it is counted.
+
+        By what the answer has at least: a token in each chunk (an upstream sends one or more),
+        and half the estimate (which errs high, seldom twice over). An upstream that heeds
+        `max_tokens` never passes that, so none is cut short by a high estimate; one sending
+        many tokens a chunk is stopped at twice the cap by the estimate at the latest."""
+        chunks = self.answer_chunks + 1
+        tokens = self.answer_estimate + estimate.count_tokens(text)
+        if self.cap is not None and max(chunks, tokens // 2) > self.cap:
             log.warning("ticket %s: the upstream went on past the answer's cap of %d tokens; "
                         "stopped", self.ticket_id, self.cap)
             self.cut = True
             return True
-        self.answer_tokens = tokens
+        self.answer_chunks, self.answer_estimate = chunks, tokens
         return False
 
     def _append(self, delta: Delta) -> None:

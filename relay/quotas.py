@@ -30,6 +30,7 @@ from .state import relay_state
 LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations", "requests_per_minute")
 _CLAIM_LIMITS = LIMIT_NAMES[:3]  # what a claim checks (requests per minute: ratelimits.py)
 _RETRY_GENERATIONS = 5  # seconds: a generation usually ends within that
+_ADJECTIVES = {"day": "daily", "month": "monthly"}
 _ANY_OVERRIDE = (
     "SELECT 1 FROM users WHERE limits IS NOT NULL "
     "UNION ALL SELECT 1 FROM api_keys WHERE limits IS NOT NULL"
@@ -213,7 +214,8 @@ def check(scope: Scope, state: State, need: int, now: float, prompt: int = 0) ->
                (limits.tokens_per_month, state.used_this_month, "month", _next_month(now)))
     for limit, _, period, _ in periods:
         if limit is not None and need > limit:
-            raise _never_fits(who, period, limit, need, prompt)
+            whose = "this API key's" if scope.column == "key_id" else "your"
+            raise _never_fits(whose, period, limit, need, prompt)
     if limits.max_generations is not None and state.generations >= limits.max_generations:
         raise TooManyRequests(
             f"Too many answers generating at once for {who} (at most "
@@ -228,7 +230,7 @@ def check(scope: Scope, state: State, need: int, now: float, prompt: int = 0) ->
                 retry_after=math.ceil(until - now), code=ErrorCode.QUOTA_EXCEEDED)
 
 
-def _never_fits(who: str, period: str, limit: int, need: int, prompt: int) -> TooManyRequests:
+def _never_fits(whose: str, period: str, limit: int, need: int, prompt: int) -> TooManyRequests:
     """The refusal of a request that reserves more than the whole quota: waiting cannot help,
     so it has no Retry-After."""
     if prompt >= limit:
@@ -236,7 +238,7 @@ def _never_fits(who: str, period: str, limit: int, need: int, prompt: int) -> To
     else:
         advice = f"ask for a smaller `max_tokens` (at most {limit - prompt})"
     return TooManyRequests(
-        f"This request can never fit the token quota of {who} per {period} ({limit}): it "
+        f"This request can never fit {whose} {_ADJECTIVES[period]} token quota ({limit}): it "
         f"reserves up to {need} tokens (its prompt, about {prompt}, and its answer's cap, "
         f"{need - prompt}), more than the whole quota; {advice}.",
         retry_after=None, code=ErrorCode.QUOTA_EXCEEDED)

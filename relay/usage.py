@@ -93,9 +93,10 @@ def measure(
     cap: int | None = None,
 ) -> Figures:
     """The figures of a finished ticket: the upstream's when it reported both counts; `cap`
-    (the answer's reserved tokens, when the producer stopped an upstream going past it) bounds
-    the answer's. (Made before the finish's transaction when the producer can: an estimate of a
-    long answer takes milliseconds, which no transaction should hold its locks for.)"""
+    (the answer's reserved tokens, when the producer stopped an upstream going past it) is the
+    answer's, which had at least that many. (Made before the finish's transaction when the
+    producer can: an estimate of a long answer takes milliseconds, which no transaction should
+    hold its locks for.)"""
     reported = spent.reported or {}
     said = reported.get("prompt_tokens"), reported.get("completion_tokens")
     estimated = not all(_is_count(value) for value in said)
@@ -111,7 +112,7 @@ def measure(
     else:
         delivered = estimate.count_tokens(stored_text)
     if cap is not None:
-        completion, delivered = min(completion, cap), min(delivered, cap)
+        completion, delivered = cap, min(delivered, cap)
     cost = None if price is None else round(
         prompt / 1000 * price[0] + completion / 1000 * price[1], 8)
     return Figures(prompt, completion, delivered, estimated, cost)

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from werkzeug.test import TestResponse
 
-from relay import quotas, users
+from relay import generation, quotas, users
 from relay.db import db
 from relay.errors import InvalidRequest
 
@@ -37,7 +37,7 @@ def test_a_quota_refusal_leaves_the_ticket_pending_until_it_fits(
     assert_error_shape(never, 429, "quota_exceeded")
     assert "Retry-After" not in never.headers
     message = never.get_json()["error"]["message"]
-    assert "can never fit" in message and "per day (300)" in message
+    assert "can never fit your daily token quota (300)" in message
     assert "smaller `max_tokens` (at most 291)" in message  # 300 less the prompt's 9
     assert client.get(f"/tickets/{ticket['id']}").get_json()["status"] == "pending"
     assert _rows(app, "SELECT COUNT(*) FROM reservations") == [(0,)]
@@ -175,3 +175,20 @@ def test_usage_shows_the_callers_own(app: Flask, client: FlaskClient) -> None:
     assert client.get("/usage?since=2999-01-01").get_json()["by_day"] == []
     assert b'relay_tokens_total{estimated="false",kind="completion",model="mock-echo"}' in (
         client.get("/metrics").get_data())
+
+
+@pytest.mark.parametrize(("deltas", "kept"), [
+    (["One", " two", " three"], 3),  # an upstream that heeds a cap of 3
+    (["...", "!!!", "??"], 3),  # estimated high (two tokens each), never cut short for it
+    (["a", "b", "c", "d", "e"], 3),  # a token a chunk, past the cap
+    ([" word" * 4, " word" * 4], 1),  # many a chunk: by the estimate, at twice the cap
+])
+def test_an_answer_is_stopped_past_its_cap_by_what_it_has_at_least(
+    deltas: list[str], kept: int
+) -> None:
+    producer = object.__new__(generation.Producer)  # only the counting, no app
+    producer.ticket_id, producer.cap, producer.cut = "t", 3, False
+    producer.answer_chunks = producer.answer_estimate = 0
+    passed = [producer._past_cap(text) for text in deltas]
+    assert passed == [False] * kept + [True] * (len(deltas) - kept)
+    assert producer.cut == (kept < len(deltas))
