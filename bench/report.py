@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-_COLUMNS = ("relay", "relay_key", "relay_user", "direct", "litellm", "ceiling", "floor")
+_COLUMNS = ("relay", "relay_limits", "relay_key", "relay_user", "direct", "litellm", "ceiling",
+            "floor")
 # Relay's other ways in (an accounts relay, TTFT only): the table's relay is an open relay's
 # returning visitor.
 _CALLERS = {"relay_key": "API key", "relay_user": "signed in"}
 _TITLES = {"relay": "relay", "relay_key": "relay, API key", "relay_user": "relay, signed in",
            "direct": "direct upstream", "litellm": "LiteLLM proxy",
            "ceiling": "ceiling (gevent forwarder)", "floor": "floor (two steps, nothing kept)",
-           "relay_b": "relay_b (--compare)"}
+           "relay_b": "relay_b (--compare)", "relay_limits": "relay, limits on"}
 
 
 def _get(data: dict[str, Any], *path: str | int) -> Any:
@@ -75,7 +76,7 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
         ("POST /new p99 < 50 ms (1 KiB prompts)", _get(small, "latency", "p99_ms"),
          lambda v: v < 50),
     ]
-    for name, how in _CALLERS.items():
+    for name, how in {**_CALLERS, "relay_limits": "limits on"}.items():
         for mode, rows in (("interleaved", added), ("warm", warm)):
             checks += [
                 (f"added TTFT median <= 3 ms ({mode}, {how})", _get(rows, name, "median_ms"),
@@ -83,6 +84,15 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 (f"added TTFT p99 <= 15 ms ({mode}, {how})", _get(rows, name, "p99_ms"),
                  lambda v: v <= 15),
             ]
+    limits_sat = sat.get("relay_limits", {})
+    checks += [
+        ("tokens per CPU-second >= 5x LiteLLM's (ratio, limits on)",
+         ratio(limits_sat.get("tokens_per_cpu_s"), lite_sat.get("tokens_per_cpu_s")),
+         lambda v: v >= 5),
+        ("throughput >= 40% of the ceiling (tokens/s ratio, limits on)",
+         ratio(limits_sat.get("tokens_per_s"), ceil_sat.get("tokens_per_s")),
+         lambda v: v >= 0.4),
+    ]
     return [{"target": name, "measured": value, "met": None if value is None else bool(ok(value))}
             for name, value, ok in checks]
 
@@ -136,6 +146,12 @@ def markdown(data: dict[str, Any]) -> str:
         ("resident memory per open stream, KiB",
          {c: _fmt(_get(streams, c, "rss_kib_per_stream")) for c in cols if c in streams}),
     ]
+    cost = limits_cost(data)
+    if cost:
+        rows.append(("limits on / off: added TTFT (median, interleaved) / CPU per 1,000 tokens",
+                     {"relay_limits": " / ".join(
+                         f"{cost[key]:.2f}x" if key in cost else "–"
+                         for key in ("added_ttft", "cpu_s_per_1k_tokens"))}))
     for size in ("1KiB", "1MiB"):
         if size in tick:
             rows.append((f"POST /new, {size} prompts: tickets/s, p99 ms", {
@@ -157,6 +173,7 @@ def markdown(data: dict[str, Any]) -> str:
                         "Relay's `/v1/chat/completions` (one streaming request, as LiteLLM's)")
     lines += _floor_note(added, added_warm)
     lines += _callers_note(added, added_warm)
+    lines += _limits_note(data)
     lines += _compare_note(data)
     lines += _pass_note(ttft.get("added_new_visitor", {}), "relay",
                         "Relay with a new visitor on every stream (a cookie made and signed each "
@@ -195,6 +212,45 @@ def _callers_note(added: dict[str, Any], added_warm: dict[str, Any]) -> list[str
             "visitor, same passes; API key: `POST /new` with `Authorization: Bearer`, then the "
             "`stream_url` with its `access_token` and no cookie; signed in: a session cookie "
             "from `POST /auth/login`: " + "; ".join(parts) + "."]
+
+
+def limits_cost(data: dict[str, Any]) -> dict[str, float]:
+    """Relay with limits and quotas on against off, same passes: each figure's ratio on/off
+    (added TTFT, median; CPU seconds per 1,000 tokens and tokens/s at saturation)."""
+    ttft = data.get("ttft", {})
+    sat = data.get("throughput", {}).get("saturation", {})
+    pairs = {
+        f"{mode}_ttft": [_get(ttft, mode, name, "median_ms") for name in ("relay_limits", "relay")]
+        for mode in ("added", "added_warm", "added_new_visitor")
+    }
+    pairs.update({key: [_get(sat, name, key) for name in ("relay_limits", "relay")]
+                  for key in ("cpu_s_per_1k_tokens", "tokens_per_s")})
+    return {key: round(on / off, 3) for key, (on, off) in pairs.items()
+            if on is not None and off}
+
+
+def _limits_note(data: dict[str, Any]) -> list[str]:
+    """The cost of limits and quotas being on: relay_limits against relay, as ratios."""
+    ratios = limits_cost(data)
+    if not ratios:
+        return []
+    ttft = data.get("ttft", {})
+    sat = data.get("throughput", {}).get("saturation", {})
+    parts = []
+    for mode, what in (("added", "interleaved"), ("added_warm", "warm"),
+                       ("added_new_visitor", "new visitor")):
+        if f"{mode}_ttft" in ratios:
+            on, off = (_get(ttft, mode, name, "median_ms") for name in ("relay_limits", "relay"))
+            parts.append(f"added TTFT ({what}) {on:.2f} vs {off:.2f} ms "
+                         f"({ratios[f'{mode}_ttft']:.2f}x)")
+    for key, what, unit in (("cpu_s_per_1k_tokens", "CPU per 1,000 tokens", " s"),
+                            ("tokens_per_s", "tokens/s", "")):
+        if key in ratios:
+            on, off = (_get(sat, name, key) for name in ("relay_limits", "relay"))
+            parts.append(f"{what} {_fmt(on)}{unit} vs {_fmt(off)}{unit} ({ratios[key]:.2f}x)")
+    return ["", "The cost of limits and quotas (relay with `RELAY_TOKENS_PER_DAY`, "
+            "`RELAY_REQUESTS_PER_MINUTE` and `RELAY_MAX_GENERATIONS` set never to refuse, "
+            "against relay without, same passes; on vs off, ratio): " + "; ".join(parts) + "."]
 
 
 def _compare_note(data: dict[str, Any]) -> list[str]:

@@ -102,7 +102,8 @@ def run(
     os.sched_setaffinity(0, load_cpus)
     workers = len(server_cpus)
     names = ["relay", "direct", "ceiling"] + (["litellm"] if with_litellm else [])
-    compared = ["relay_b"] if compare is not None else []
+    # Relay with limits and quotas on (never refusing), in the TTFT and throughput passes.
+    compared = ["relay_limits"] + (["relay_b"] if compare is not None else [])
     data: dict[str, Any] = {"meta": {
         "mode": "smoke" if smoke else "full", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cpus": os.cpu_count(), "server_cpus": sorted(server_cpus),
@@ -125,10 +126,11 @@ def run(
             accounts_prepared = pool.submit(servers.prepare_accounts_relay, upstream.port, log_dir)
 
         def start(name: str, **relay_options: Any) -> servers.Service:
-            if name in ("relay", "relay_b"):
+            if name in ("relay", "relay_b", "relay_limits"):
                 service = servers.start_relay(upstream.port, server_cpus, log_dir,
                                               workers=workers, **relay_options,
-                                              source=compare if name == "relay_b" else None)
+                                              source=compare if name == "relay_b" else None,
+                                              limits=name == "relay_limits")
             elif name == "litellm":
                 service = servers.start_litellm(upstream.port, [fast, short, SLOW_MODEL],
                                                 server_cpus, log_dir, workers=workers)
@@ -142,7 +144,7 @@ def run(
             return service
 
         def target(name: str, service: servers.Service) -> Target:
-            kind = "relay" if name in ("relay", "relay_b", "floor") else "openai"
+            kind = "relay" if name in ("relay", "relay_b", "relay_limits", "floor") else "openai"
             return Target(name, "127.0.0.1", service.port, kind)
 
         if only & {"ttft", "throughput"}:
@@ -182,6 +184,7 @@ def run(
             stream_names = [n for n in names if n != "ceiling" and not (smoke and n == "litellm")]
             data["open_streams"] = _open_streams(plan, stream_names, start, target)
     data["targets"] = report.check_targets(data)
+    data["limits_cost"] = report.limits_cost(data)
     return data
 
 
@@ -215,7 +218,8 @@ def _ttft(
     # Once more interleaved, relay's streams each a new visitor's (it makes and signs a cookie
     # every time): what a browser's first message costs, against the same peers.
     result["new_visitor"] = measure.ttft(targets, model, plan.ttft_count, plan.ttft_warmup,
-                                         new_visitors=frozenset({"relay", "relay_b"}))
+                                         new_visitors=frozenset({"relay", "relay_b",
+                                                                 "relay_limits"}))
     result["added"] = report.added_ttft(result["results"])
     result["added_warm"] = report.added_ttft(result["warm"])
     result["added_new_visitor"] = report.added_ttft(result["new_visitor"])
@@ -275,6 +279,7 @@ def _merge_into(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     merged["meta"].setdefault("reruns", []).append({"started": data["meta"]["started"],
                                                     "measurements": rerun})
     merged["targets"] = report.check_targets(merged)
+    merged["limits_cost"] = report.limits_cost(merged)
     return merged
 
 

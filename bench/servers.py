@@ -175,18 +175,29 @@ class Account:
     api_key: str = field(repr=False)
 
 
+# Limits and quotas on, each set so high that it never refuses: what they cost, not what they
+# refuse (the `relay_limits` target, measured against `relay` in the same passes).
+LIMITS_ON = {"RELAY_TOKENS_PER_DAY": str(10**15), "RELAY_REQUESTS_PER_MINUTE": str(10**9),
+             "RELAY_MAX_GENERATIONS": str(10**6)}
+
+
 def start_relay(
     upstream_port: int, cpus: Iterable[int], log_dir: Path, *, workers: int,
     heartbeat: float = 15.0, model: str = "bench-n64-t0-p0", source: Path | None = None,
+    limits: bool = False,
 ) -> Service:
     """`relay serve` with a fresh instance folder (fresh SQLite), pointed at the upstream; with
-    `source`, the relay package of that checkout (first on PYTHONPATH) rather than this one."""
+    `source`, the relay package of that checkout (first on PYTHONPATH) rather than this one;
+    with `limits`, `LIMITS_ON` set."""
     port = free_port()
     env = _relay_env(log_dir / f"relay-instance-{port}", upstream_port, heartbeat, model)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source.resolve()),
                                                           env.get("PYTHONPATH")]))
-    return _serve_relay("relay_b" if source else "relay", port, env, cpus, log_dir, workers)
+    if limits:
+        env.update(LIMITS_ON)
+    name = "relay_b" if source else "relay_limits" if limits else "relay"
+    return _serve_relay(name, port, env, cpus, log_dir, workers)
 
 
 def prepare_accounts_relay(

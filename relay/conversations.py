@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from . import sql
 from .db import db
@@ -205,16 +205,28 @@ def rename_conversation(conversation: Conversation, title: str) -> None:
     db.session.commit()
 
 
-def delete_conversation(conversation: Conversation) -> None:
-    """Delete a conversation with its messages, tickets and their events."""
-    ticket_ids = select(Ticket.id).where(Ticket.conversation_id == conversation.id)
-    # A ticket deleted while generating is never finished: its reservation goes with it.
-    db.session.execute(delete(Reservation).where(Reservation.ticket_id.in_(ticket_ids)))
-    db.session.execute(delete(TicketEvent).where(TicketEvent.ticket_id.in_(ticket_ids)))
-    db.session.execute(delete(Ticket).where(Ticket.conversation_id == conversation.id))
+def delete_conversation(conversation: Conversation) -> bool:
+    """Delete a conversation with its messages, tickets and their events; False (nothing
+    deleted) while one of its tickets is generating, which must first end and leave its usage
+    row (`generation.delete_conversation`)."""
+    # The tickets first: on SQLite this takes the write lock; on PostgreSQL a claim racing it
+    # holds its ticket's row, which then is running and stays.
+    deleted = db.session.scalars(
+        delete(Ticket)
+        .where(Ticket.conversation_id == conversation.id, Ticket.status != TicketStatus.RUNNING)
+        .returning(Ticket.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    if db.session.scalar(select(func.count()).where(Ticket.conversation_id == conversation.id)):
+        db.session.rollback()
+        return False
+    if deleted:  # a queued ticket holds a reservation before it runs
+        db.session.execute(delete(Reservation).where(Reservation.ticket_id.in_(deleted)))
+    db.session.execute(delete(TicketEvent).where(TicketEvent.ticket_id.in_(deleted)))
     db.session.execute(delete(Message).where(Message.conversation_id == conversation.id))
     db.session.delete(conversation)
     db.session.commit()
+    return True
 
 
 def summary(conversation: Conversation) -> dict[str, Any]:

@@ -140,14 +140,17 @@ class Forbidden(RelayError):
 
 
 class TooManyRequests(RelayError):
-    """A limit was reached; `retry_after` seconds until it may succeed."""
+    """A limit was reached; `retry_after` seconds until it may succeed (None: waiting will not
+    help, and no Retry-After is sent)."""
 
     status = 429
     code = ErrorCode.RATE_LIMITED
 
-    def __init__(self, message: str, *, retry_after: int, code: ErrorCode | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None, code: ErrorCode | None = None
+    ) -> None:
         super().__init__(message, code=code)
-        self.retry_after = max(1, int(retry_after))
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
 
 
 class UpstreamUnavailable(RelayError):
@@ -192,7 +195,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(RelayError)
     def _relay_error(exc: RelayError) -> Response:
         response = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, TooManyRequests):
+        if isinstance(exc, TooManyRequests) and exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="relay"'

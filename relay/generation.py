@@ -18,13 +18,13 @@ import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import events, fairqueue, metrics, quotas, sse, tickets, usage
+from . import conversations, estimate, events, fairqueue, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
-from .errors import ErrorCode
+from .errors import Conflict, ErrorCode
 from .events import Outcome, StoredEvent
 from .livelog import LiveLog
-from .models import TicketStatus
+from .models import Conversation, TicketStatus
 from .state import relay_state
 from .tickets import Verdict, worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
@@ -37,6 +37,9 @@ _stopping = False  # this worker shuts down: it takes no more tickets from the q
 _READER_DISPATCH_SECONDS = 0.2  # how often this worker's queued readers may dispatch
 _last_reader_dispatch = 0.0
 _QUEUE_WATCH_SECONDS = 1.0
+# How long a conversation's delete waits for the producers it cancelled to end their tickets
+# (a cancel reaches another worker within RELAY_POLL_MS without Redis, at once with it).
+_DELETE_WAIT_SECONDS = 3.0
 
 
 
@@ -79,7 +82,8 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
             if request is None:
                 return False
             reserved = admission is not None and admission.reserved
-            producer = Producer(app, ticket_id, ChatRequest.from_stored(request), reserved)
+            producer = Producer(app, ticket_id, ChatRequest.from_stored(request), reserved,
+                                admission.cap if reserved and admission is not None else None)
     except BaseException:
         if producer is not None:
             producer.chunks.close()
@@ -171,8 +175,9 @@ def _start_claimed(app: Flask, ticket: fairqueue.Claimed) -> None:
         if ticket.reserved and not request.get("max_tokens"):
             # The answer's cap its reservation counted (`quotas.Admission.admit`).
             request["max_tokens"] = app.config["DEFAULT_MAX_TOKENS_RESERVED"]
+        cap = request["max_tokens"] if ticket.reserved else None  # tokens were reserved
         producer = Producer(app, ticket.ticket_id, ChatRequest.from_stored(request),
-                            ticket.reserved is not None)
+                            ticket.reserved is not None, cap)
     except Exception:
         log.exception("could not start queued ticket %s", ticket.ticket_id)
         outcome = _failed(ErrorCode.INTERNAL_ERROR, "The relay failed to start this answer.")
@@ -202,6 +207,29 @@ def cancel(
     log.info("ticket %s cancel requested (%s)", ticket_id, why)
 
 
+def delete_conversation(app: Flask, conversation: Conversation) -> None:
+    """Delete a conversation once its tickets have ended, so that each that reached the upstream
+    leaves its usage row and releases its reservation: cancel them, give their producers a
+    moment to end them with what they spent, then end from the store any still running."""
+    for _ in range(3):  # again only if a ticket of it was started meanwhile
+        active = tickets.active_tickets(conversation.id)
+        for ticket in active:
+            cancel(ticket.id, "its conversation is deleted", app)
+        running = [ticket.id for ticket in active if ticket.status == TicketStatus.RUNNING]
+        deadline = time.monotonic() + _DELETE_WAIT_SECONDS
+        while running and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+            running = [ticket_id for ticket_id in running
+                       if (state := tickets.read_state(ticket_id)) is not None
+                       and state.status == TicketStatus.RUNNING]
+        for ticket_id in running:
+            tickets.end_for_deletion(ticket_id)
+        if conversations.delete_conversation(conversation):
+            return
+    raise Conflict("This conversation is still generating an answer; try again.",
+                   code=ErrorCode.CONVERSATION_BUSY)
+
+
 def stop_all(reason: str) -> None:
     """Fail every ticket this worker is generating (the worker is shutting down); it takes no
     more from the queue."""
@@ -218,16 +246,23 @@ class Producer:
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
-                 "model", "reserved")
+                 "model", "reserved", "cap", "answer_chunks", "answer_estimate", "cut")
 
     def __init__(
-        self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False
+        self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False,
+        cap: int | None = None,
     ) -> None:
         self.app = app
         self.ticket_id = ticket_id
         self.messages = request.messages  # for the usage estimate, if the upstream gives none
         self.model = request.model
         self.reserved = reserved
+        # The answer's tokens a quota reserved: an upstream that ignores `max_tokens` is
+        # stopped there, so it cannot overdraw the quota.
+        self.cap = cap
+        self.answer_chunks = 0  # counted only under a cap
+        self.answer_estimate = 0
+        self.cut = False
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
         # Made in the claiming request's greenlet, which may send the request at once.
@@ -316,6 +351,8 @@ class Producer:
                 if isinstance(item, Finish):
                     return Outcome(TicketStatus.COMPLETED, item.finish_reason, item.usage)
                 if item.text:
+                    if self.cap is not None and self._past_cap(item.text):
+                        return Outcome(TicketStatus.COMPLETED, "length")
                     self._append(item)
         except Stop as stop:
             if stop.reason == Verdict.LOST:
@@ -337,6 +374,24 @@ class Producer:
                            "The relay failed while generating this answer.")
         finally:
             chunks.close()
+
+    def _past_cap(self, text: str) -> bool:
+        """Whether this delta would take the answer past its reserved cap (it is then dropped,
+        and the upstream call closed); else it is counted.
+
+        By what the answer has at least: a token in each chunk (an upstream sends one or more),
+        and half the estimate (which errs high, seldom twice over). An upstream that heeds
+        `max_tokens` never passes that, so none is cut short by a high estimate; one sending
+        many tokens a chunk is stopped at twice the cap by the estimate at the latest."""
+        chunks = self.answer_chunks + 1
+        tokens = self.answer_estimate + estimate.count_tokens(text)
+        if self.cap is not None and max(chunks, tokens // 2) > self.cap:
+            log.warning("ticket %s: the upstream went on past the answer's cap of %d tokens; "
+                        "stopped", self.ticket_id, self.cap)
+            self.cut = True
+            return True
+        self.answer_chunks, self.answer_estimate = chunks, tokens
+        return False
 
     def _append(self, delta: Delta) -> None:
         seq = self.log.count + 1
@@ -362,7 +417,7 @@ class Producer:
         stored = events.storable_text(generated)
         price = (self.app.config["MODEL_PRICES"] or {}).get(self.model)
         figures = usage.measure(usage.Spent(outcome.usage, self.messages, generated),
-                                outcome.status, stored, price)
+                                outcome.status, stored, price, self.cap if self.cut else None)
         try:
             with self.writer.lock, self.app.app_context():
                 written = tickets.finish_generation(

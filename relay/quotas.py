@@ -30,6 +30,7 @@ from .state import relay_state
 LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations", "requests_per_minute")
 _CLAIM_LIMITS = LIMIT_NAMES[:3]  # what a claim checks (requests per minute: ratelimits.py)
 _RETRY_GENERATIONS = 5  # seconds: a generation usually ends within that
+_ADJECTIVES = {"day": "daily", "month": "monthly"}
 _ANY_OVERRIDE = (
     "SELECT 1 FROM users WHERE limits IS NOT NULL "
     "UNION ALL SELECT 1 FROM api_keys WHERE limits IS NOT NULL"
@@ -112,12 +113,14 @@ class Scope:
 
 
 class Admission:
-    """One claim's admission: `reserved` once it took a reservation."""
+    """One claim's admission: `reserved` once it took a reservation, `cap` the answer's tokens
+    it reserved (None: no token quota applies)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.reserved = False
         self.prompt_tokens = 0
+        self.cap: int | None = None
 
     def prepare(self, request: dict[str, Any]) -> None:
         """Estimate the prompt before the claim's transaction, which should hold no lock for
@@ -136,12 +139,13 @@ class Admission:
             cap = request.get("max_tokens") or self.config["DEFAULT_MAX_TOKENS_RESERVED"]
             request["max_tokens"] = cap  # what is reserved is all the upstream may answer
             need = self.prompt_tokens + cap
+            self.cap = cap
         now = time.time()
         day, month = usage.day_and_month(now)
         for scope in scopes:  # users before keys, in every transaction: no deadlock
             tx.execute(_LOCK, (scope.name, f"d:{day}"))
         for scope in scopes:
-            check(scope, read_state(tx, scope, day, month), need, now)
+            check(scope, read_state(tx, scope, day, month), need, now, self.prompt_tokens)
         tx.execute(_RESERVE, (ticket_id, owner, key_id, need, now))
         self.reserved = True
 
@@ -201,26 +205,43 @@ def read_state(tx: sql.Transaction, scope: Scope, day: str, month: str) -> State
                  int(generations), int(reserved))
 
 
-def check(scope: Scope, state: State, need: int, now: float) -> None:
-    """Raise 429 unless one more generation reserving `need` tokens fits the scope's limits
-    (`need` 0: unless nothing is left)."""
+def check(scope: Scope, state: State, need: int, now: float, prompt: int = 0) -> None:
+    """Raise 429 unless one more generation reserving `need` tokens (`prompt` of them its
+    prompt's estimate) fits the scope's limits (`need` 0: unless nothing is left)."""
     limits = scope.limits
     who = "this API key" if scope.column == "key_id" else "you"
+    periods = ((limits.tokens_per_day, state.used_today, "day", _next_day(now)),
+               (limits.tokens_per_month, state.used_this_month, "month", _next_month(now)))
+    for limit, _, period, _ in periods:
+        if limit is not None and need > limit:
+            whose = "this API key's" if scope.column == "key_id" else "your"
+            raise _never_fits(whose, period, limit, need, prompt)
     if limits.max_generations is not None and state.generations >= limits.max_generations:
         raise TooManyRequests(
             f"Too many answers generating at once for {who} (at most "
             f"{limits.max_generations}); wait for one to end.",
             retry_after=_RETRY_GENERATIONS, code=ErrorCode.TOO_MANY_GENERATIONS)
-    for limit, used, period, until in (
-        (limits.tokens_per_day, state.used_today, "day", _next_day(now)),
-        (limits.tokens_per_month, state.used_this_month, "month", _next_month(now)),
-    ):
+    for limit, used, period, until in periods:
         if limit is not None and used + state.reserved + max(need, 1) > limit:
             wants = f"this one needs up to {need}" if need else "nothing is left"
             raise TooManyRequests(
                 f"The token quota of {who} for this {period} ({limit}) would be exceeded: "
                 f"{used} used, {state.reserved} reserved by answers generating, {wants}.",
                 retry_after=math.ceil(until - now), code=ErrorCode.QUOTA_EXCEEDED)
+
+
+def _never_fits(whose: str, period: str, limit: int, need: int, prompt: int) -> TooManyRequests:
+    """The refusal of a request that reserves more than the whole quota: waiting cannot help,
+    so it has no Retry-After."""
+    if prompt >= limit:
+        advice = f"its prompt alone is about {prompt} tokens: send a shorter one"
+    else:
+        advice = f"ask for a smaller `max_tokens` (at most {limit - prompt})"
+    return TooManyRequests(
+        f"This request can never fit {whose} {_ADJECTIVES[period]} token quota ({limit}): it "
+        f"reserves up to {need} tokens (its prompt, about {prompt}, and its answer's cap, "
+        f"{need - prompt}), more than the whole quota; {advice}.",
+        retry_after=None, code=ErrorCode.QUOTA_EXCEEDED)
 
 
 def _next_day(now: float) -> float:

@@ -73,6 +73,7 @@ _FINISH = (
 _FINISH_BY_PRODUCER = _FINISH.format("status = 'running' AND claimed_by = ?")
 _FINISH_BY_REAPER = _FINISH.format("status = 'running' AND lease_expires_at < ?")
 _FINISH_PENDING = _FINISH.format("status = 'pending'")
+_FINISH_FOR_DELETION = _FINISH.format("status = 'running'")
 _SET_DONE_SEQ = "UPDATE tickets SET last_seq = ? WHERE id = ?"
 _STORED_OPTIONS = "SELECT request FROM tickets WHERE id = ?"
 
@@ -337,6 +338,13 @@ def cancel_pending(ticket_id: str, reason: ErrorCode | None = None) -> int | Non
                    usage.NOTHING_SENT, True)
 
 
+def end_for_deletion(ticket_id: str) -> int | None:
+    """End a running ticket whose conversation is being deleted and whose producer did not end
+    it in time (its worker is gone, or slow): cancelled, with its usage row made from the store,
+    its reservation released. Its producer, if alive, then finds its claim lost."""
+    return _finish(ticket_id, _FINISH_FOR_DELETION, None, CANCELLED, None, True)
+
+
 def request_cancel(ticket_id: str, reason: ErrorCode | None = None) -> None:
     """Flag a running ticket for its producer's worker (whose writer polls the flag; a broker
     cancel is faster), or end a ticket nobody has started streaming. `reason` (when its owner
@@ -419,10 +427,10 @@ def _finish(
         conversation_id = claimed[0]
         if text is None:
             text = events.stored_text(tx, ticket_id)
+        if figures is None:  # from the request as sent: before its answer joins the history
+            figures = _spent_by_lost_producer(tx, ticket_id, conversation_id, outcome, text)
         if conversation_id is not None and (outcome.status != TicketStatus.CANCELLED or text):
             conversations.store_answer(tx, conversation_id, ticket_id, text, outcome.status)
-        if figures is None:
-            figures = _spent_by_lost_producer(tx, ticket_id, conversation_id, outcome, text)
         usage.record(tx, ticket_id, claimed[1:], outcome.status, figures, release)
     usage.count(claimed[3], figures)
     return done_seq

@@ -89,11 +89,14 @@ def record(
 
 
 def measure(
-    spent: Spent, status: TicketStatus, stored_text: str, price: tuple[float, float] | None
+    spent: Spent, status: TicketStatus, stored_text: str, price: tuple[float, float] | None,
+    cap: int | None = None,
 ) -> Figures:
-    """The figures of a finished ticket: the upstream's when it reported both counts. (Made
-    before the finish's transaction when the producer can: an estimate of a long answer takes
-    milliseconds, which no transaction should hold its locks for.)"""
+    """The figures of a finished ticket: the upstream's when it reported both counts; `cap`
+    (the answer's reserved tokens, when the producer stopped an upstream going past it) is the
+    answer's, which had at least that many. (Made before the finish's transaction when the
+    producer can: an estimate of a long answer takes milliseconds, which no transaction should
+    hold its locks for.)"""
     reported = spent.reported or {}
     said = reported.get("prompt_tokens"), reported.get("completion_tokens")
     estimated = not all(_is_count(value) for value in said)
@@ -108,6 +111,8 @@ def measure(
         delivered = completion
     else:
         delivered = estimate.count_tokens(stored_text)
+    if cap is not None:
+        completion, delivered = cap, min(delivered, cap)
     cost = None if price is None else round(
         prompt / 1000 * price[0] + completion / 1000 * price[1], 8)
     return Figures(prompt, completion, delivered, estimated, cost)

@@ -50,7 +50,7 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
     for name in ("relay_key", "relay_user"):
         assert ttft[name]["n"] > 0 and ttft[name]["errors"] == 0, (name, ttft[name])
         assert name in data["ttft"]["added"] and name in data["ttft"]["added_warm"]
-    assert "| relay | relay, API key | relay, signed in |" in completed.stdout
+    assert "| relay | relay, limits on | relay, API key | relay, signed in |" in completed.stdout
     checked = {check["target"]: check["met"] for check in data["targets"]}
     assert checked["added TTFT median <= 3 ms (interleaved, API key)"] is not None
     assert checked["added TTFT median <= 3 ms (interleaved, signed in)"] is not None
@@ -60,6 +60,12 @@ def test_smoke_mode_writes_every_measurement(tmp_path: Path) -> None:
         assert [r["concurrency"] for r in rows] == list(data["meta"]["plan"]["levels"])
         assert all(r["errors"] == 0 and r["tokens_per_s"] > 0 for r in rows), (name, rows)
     assert data["throughput"]["saturation"]["relay"]["tokens_per_cpu_s"] > 0
+    # Relay with limits and quotas on (never refusing), in the same passes, and its cost.
+    assert ttft["relay_limits"]["n"] > 0 and ttft["relay_limits"]["errors"] == 0
+    limited = data["throughput"]["results"]["relay_limits"]
+    assert all(r["errors"] == 0 and r["tokens_per_s"] > 0 for r in limited), limited
+    assert {"added_ttft", "added_warm_ttft", "cpu_s_per_1k_tokens"} <= set(data["limits_cost"])
+    assert "The cost of limits and quotas" in completed.stdout
 
     for size in ("1KiB", "1MiB"):
         tickets = data["tickets"][size]

@@ -11,8 +11,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
+from werkzeug.test import TestResponse
 
-from relay import quotas, users
+from relay import generation, quotas, users
 from relay.db import db
 from relay.errors import InvalidRequest
 
@@ -31,10 +32,13 @@ def test_a_quota_refusal_leaves_the_ticket_pending_until_it_fits(
     app.config["TOKENS_PER_DAY"] = 300
     ticket = client.post("/new", json={"prompt": "hello there", "model": "mock-echo",
                                        "max_tokens": 400}).get_json()
-    refused = client.get(ticket["stream_url"])
-    assert_error_shape(refused, 429, "quota_exceeded")
-    midnight = (int(time.time()) // 86400 + 1) * 86400
-    assert abs(int(refused.headers["Retry-After"]) - (midnight - time.time())) <= 2
+    # It reserves more than the whole quota: waiting would not help, so no Retry-After.
+    never = client.get(ticket["stream_url"])
+    assert_error_shape(never, 429, "quota_exceeded")
+    assert "Retry-After" not in never.headers
+    message = never.get_json()["error"]["message"]
+    assert "can never fit your daily token quota (300)" in message
+    assert "smaller `max_tokens` (at most 291)" in message  # 300 less the prompt's 9
     assert client.get(f"/tickets/{ticket['id']}").get_json()["status"] == "pending"
     assert _rows(app, "SELECT COUNT(*) FROM reservations") == [(0,)]
     app.config["TOKENS_PER_DAY"] = 1000
@@ -47,20 +51,42 @@ def test_a_quota_refusal_leaves_the_ticket_pending_until_it_fits(
     assert _rows(app, "SELECT scope LIKE 'user:anon:%', period LIKE 'd:%', tokens "
                       "FROM usage_totals ORDER BY period") == [(1, 1, 5), (1, 0, 5)]
     assert _rows(app, "SELECT COUNT(*) FROM reservations") == [(0,)]
+    # One that fits the quota (9 + 990) but not what today left of it: Retry-After, to midnight.
+    later = client.post("/new", json={"prompt": "hello there", "model": "mock-echo",
+                                      "max_tokens": 990}).get_json()
+    refused = client.get(later["stream_url"])
+    assert_error_shape(refused, 429, "quota_exceeded")
+    midnight = (int(time.time()) // 86400 + 1) * 86400
+    assert abs(int(refused.headers["Retry-After"]) - (midnight - time.time())) <= 2
+    assert "5 used" in refused.get_json()["error"]["message"]
+    assert client.get(f"/tickets/{later['id']}").get_json()["status"] == "pending"
 
 
 def test_a_v1_refusal_is_openai_shaped_and_ends_its_ticket(
     app: Flask, client: FlaskClient
 ) -> None:
     app.config["TOKENS_PER_DAY"] = 10
-    response = client.post("/v1/chat/completions", json={
-        "model": "mock-echo", "messages": [{"role": "user", "content": "hi"}], "stream": True})
-    assert response.status_code == 429 and response.headers["Retry-After"]
+
+    def complete(**fields: object) -> TestResponse:
+        return client.post("/v1/chat/completions", json={
+            "model": "mock-echo", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+    # The default answer cap (4096) can never fit in 10 tokens: no Retry-After.
+    response = complete(stream=True)
+    assert response.status_code == 429 and "Retry-After" not in response.headers
     error = response.get_json()["error"]
-    assert error["code"] == "quota_exceeded" and error["type"] and error["message"]
+    assert error["code"] == "quota_exceeded" and error["type"] and "max_tokens" in error["message"]
     # Its client cannot come back for it: ended cancelled, with a usage row of nothing.
     assert _rows(app, "SELECT status FROM tickets") == [("cancelled",)]
     assert _rows(app, "SELECT total_tokens FROM usage") == [(0,)]
+    # 8 (the prompt's estimate) + 2 fits; once it spent some, the same waits for tomorrow.
+    assert complete(max_tokens=2).status_code == 200
+    response = complete(stream=True, max_tokens=2)
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["error"]["code"] == "quota_exceeded"
+    assert sorted(_rows(app, "SELECT status FROM tickets")) == [
+        ("cancelled",), ("cancelled",), ("completed",)]
+    assert _rows(app, "SELECT COUNT(*) FROM reservations") == [(0,)]
 
 
 def test_no_limit_configured_takes_no_reservation(app: Flask, client: FlaskClient) -> None:
@@ -83,6 +109,25 @@ def test_retry_after_counts_to_the_next_utc_day_and_month(now: str, next_month: 
         with pytest.raises(quotas.TooManyRequests) as refused:
             quotas.check(scope, state, 0, moment)
         assert refused.value.retry_after == until - moment
+
+
+@pytest.mark.parametrize(("limits", "state"), [
+    (quotas.Limits(tokens_per_day=100), quotas.State(0, 0, 0, 0)),
+    (quotas.Limits(tokens_per_month=100, max_generations=1), quotas.State(0, 0, 1, 0)),
+])
+def test_a_reservation_larger_than_the_whole_quota_is_refused_without_retry_after(
+    limits: quotas.Limits, state: quotas.State
+) -> None:
+    scope = quotas.Scope("user:u", "owner", "u", limits)
+    quotas.check(scope, quotas.State(0, 0, 0, 0), 100, time.time(), 20)  # exactly fits
+    with pytest.raises(quotas.TooManyRequests) as refused:
+        quotas.check(scope, state, 101, time.time(), 20)
+    # Before the generations' refusal too: that one would send the caller back in 5 s.
+    assert refused.value.code == "quota_exceeded" and refused.value.retry_after is None
+    assert "smaller `max_tokens` (at most 80)" in str(refused.value.message)
+    with pytest.raises(quotas.TooManyRequests) as prompt_alone:
+        quotas.check(scope, quotas.State(0, 0, 0, 0), 150, time.time(), 120)
+    assert "prompt alone is about 120 tokens" in str(prompt_alone.value.message)
 
 
 def test_generations_are_refused_at_the_limit() -> None:
@@ -130,3 +175,20 @@ def test_usage_shows_the_callers_own(app: Flask, client: FlaskClient) -> None:
     assert client.get("/usage?since=2999-01-01").get_json()["by_day"] == []
     assert b'relay_tokens_total{estimated="false",kind="completion",model="mock-echo"}' in (
         client.get("/metrics").get_data())
+
+
+@pytest.mark.parametrize(("deltas", "kept"), [
+    (["One", " two", " three"], 3),  # an upstream that heeds a cap of 3
+    (["...", "!!!", "??"], 3),  # estimated high (two tokens each), never cut short for it
+    (["a", "b", "c", "d", "e"], 3),  # a token a chunk, past the cap
+    ([" word" * 4, " word" * 4], 1),  # many a chunk: by the estimate, at twice the cap
+])
+def test_an_answer_is_stopped_past_its_cap_by_what_it_has_at_least(
+    deltas: list[str], kept: int
+) -> None:
+    producer = object.__new__(generation.Producer)  # only the counting, no app
+    producer.ticket_id, producer.cap, producer.cut = "t", 3, False
+    producer.answer_chunks = producer.answer_estimate = 0
+    passed = [producer._past_cap(text) for text in deltas]
+    assert passed == [False] * kept + [True] * (len(deltas) - kept)
+    assert producer.cut == (kept < len(deltas))

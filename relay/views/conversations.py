@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from .. import conversations, generation, tickets
+from .. import conversations, generation
 from ..errors import InvalidRequest
 from ..identity import current_owner
 from ..validation import read_json_object
@@ -48,7 +48,6 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
     """Delete a conversation, its messages and its tickets; an answer being generated is stopped
     first (its upstream call closed)."""
     conversation = conversations.load_conversation(conversation_id, current_owner())
-    for ticket in tickets.active_tickets(conversation.id):
-        generation.cancel(ticket.id, "its conversation is deleted")
-    conversations.delete_conversation(conversation)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    generation.delete_conversation(app, conversation)
     return "", 204

@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, sync_playwright
 from .browser_helpers import launch_chromium
 from .fake_upstream import FakeUpstream
 from .relay_server import RELAY_BIN, RelayServer
+from .usage_helpers import Store
 
 POSTGRES_URL = os.environ.get(
     "RELAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -122,3 +123,19 @@ def migrated_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, new_database: Callable[[], str]
+) -> Store:
+    """The store of a relay a test starts (`instance=store.instance`, `store.env` in its
+    settings): SQLite, then a fresh PostgreSQL database, migrated as a release phase would."""
+    instance = tmp_path / f"relay-{request.param}"
+    instance.mkdir()
+    url = None
+    if request.param == "postgres":
+        url = new_database()
+        upgraded = upgrade_database(url, instance)
+        assert upgraded.returncode == 0, upgraded.stderr
+    return Store(instance, url)

@@ -20,7 +20,8 @@ Models (`name` or `name:arg`):
 - `leaky-event:<n>` (issue 18): sends n chunks, then a `data: {"error": ...}` event naming them.
 - `quiet-after-done` (issue 18): like `echo`, then after `data: [DONE]` nothing (not even the
   body's last chunk) until the client goes away.
-Every request is recorded, with whether the client disconnected before the end.
+Every request is recorded, with whether the client disconnected before the end. No model heeds
+`max_tokens` (it is recorded).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class UpstreamCall:
     model: str
     messages: list[dict[str, Any]]
     client_port: int = 0
+    max_tokens: int | None = None  # asked for, and ignored (as some servers do)
     chunks_sent: int = 0
     disconnected: bool = False
     completed: bool = False
@@ -118,7 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
         request = json.loads(self.rfile.read(length))
         call = UpstreamCall(
             model=request["model"], messages=request["messages"],
-            client_port=self.client_address[1],
+            client_port=self.client_address[1], max_tokens=request.get("max_tokens"),
         )
         self.owner.record(call)
         try:

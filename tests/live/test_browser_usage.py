@@ -1,6 +1,7 @@
 """Limits and usage on the chat page, in headless Chromium against a real relay with a small daily
-token quota: a refusal says which limit and when to try again, a refused start offers Retry, and
-the usage panel shows what GET /usage says."""
+token quota: a refusal says which limit and when to try again (or, for a request larger than the
+whole quota, that it can never fit), a refused start offers Retry, and the usage panel shows what
+GET /usage says."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from relay.estimate import count_prompt
 
@@ -23,15 +24,18 @@ expect.set_options(timeout=10_000)
 
 WORDS = 30
 PROMPT = " ".join(["abcdef"] * WORDS)  # a token a word to the estimate; 3 characters a chunk
-NEED = count_prompt([{"role": "user", "content": PROMPT}]) + 1  # what its claim reserves
-SPENT = 7 + math.ceil(len(PROMPT) / 3)  # the fake upstream's usage: 7, and a token a chunk
-QUOTA = (NEED + SPENT) // 2  # the first answer fits; after it, nothing is left
+# Its claim reserves its prompt and an answer's cap of 1, which the fake upstream ignores: relay
+# stops it after a chunk and charges what was reserved. It fits, and after it nothing is left.
+QUOTA = count_prompt([{"role": "user", "content": PROMPT}]) + 1
 LONG_PROMPT = " ".join(["abcdef"] * (QUOTA + 5))  # needs more than the whole quota
+SMALL_PROMPT = "hi"  # the fake spends 7 and one token on it, 8 in all
+# Fits the quota alone, not once the small answer spent its 8: refused at the claim.
+MIDDLE_PROMPT = " ".join(["abcdef"] * (QUOTA - 8 - 8 + 1))
 
 
 @pytest.fixture(scope="module")
 def quota_relay(start_relay: Callable[..., RelayServer], upstream: FakeUpstream) -> RelayServer:
-    assert NEED < QUOTA < SPENT
+    assert QUOTA - 8 < count_prompt([{"role": "user", "content": MIDDLE_PROMPT}]) + 1 <= QUOTA
     return start_relay({
         "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": upstream.base_url,
         "RELAY_DEFAULT_MODEL": "echo", "RELAY_UPSTREAM_TIMEOUT_SECONDS": "3",
@@ -69,6 +73,13 @@ def assert_says_when(text: str) -> None:
     assert abs(count - expected) <= 1, (text, left)
 
 
+def refused_start(chat: ChatPage, prompt: str) -> Locator:
+    """Send `prompt`, whose start the relay refuses: its answer, once shown refused."""
+    answer = chat.send(prompt)
+    chat.wait_status(answer, "refused")
+    return answer
+
+
 def figure(page: Page, name: str) -> int:
     text = page.locator(f'#usage-totals dd[data-figure="{name}"]').inner_text()
     return int(re.sub(r"[^\d]", "", text))
@@ -78,7 +89,9 @@ def test_a_used_up_quota_is_refused_with_when_to_try_again_and_usage_matches(
     tab: Page, quota_relay: RelayServer
 ) -> None:
     chat = ChatPage(tab).open(quota_relay.url + "/")
-    chat.wait_status(chat.send(PROMPT), "completed")
+    first = chat.send(PROMPT)
+    chat.wait_status(first, "completed")
+    assert chat.text_of(first) == PROMPT[:3]  # the chunk within its cap
     posted: list[int] = []
     tab.on("response", lambda r: posted.append(r.status) if r.url.endswith("/new") else None)
     tab.fill("#prompt", "one more, please")  # not chat.send: no answer stays to wait for
@@ -100,20 +113,23 @@ def test_a_used_up_quota_is_refused_with_when_to_try_again_and_usage_matches(
     expect(panel).to_be_visible()
     expect(panel).to_have_attribute("data-loaded", "true")
     totals = shown["totals"]
-    assert totals["total_tokens"] == SPENT and totals["estimated"] is False
+    # Stopped at its cap before the upstream's report: the reservation, estimated.
+    assert totals["total_tokens"] == QUOTA and totals["estimated"] is True
     for name in ("prompt_tokens", "completion_tokens", "total_tokens", "tickets"):
         assert figure(tab, name) == totals[name], name
     [day] = shown["by_day"]
     expect(panel.locator("#usage-days tr")).to_have_count(1)
     cells = panel.locator("#usage-days tr td").all_inner_texts()
-    assert cells == [day["day"], "echo", str(day["prompt_tokens"]),
-                     str(day["completion_tokens"]), str(day["total_tokens"])]
+    assert cells[:2] == [day["day"], "echo"]
+    assert [int(re.sub(r"[^\d]", "", cell)) for cell in cells[2:]] == [
+        day["prompt_tokens"], day["completion_tokens"], day["total_tokens"]]
+    assert day["completion_tokens"] == 1
     expect(panel.locator("#usage-cost-column")).to_be_hidden()  # no prices configured
-    expect(panel.locator("#usage-estimated-note")).to_be_hidden()
+    expect(panel.locator("#usage-estimated-note")).to_be_visible()
     limits = shown["limits"]["user"]
-    assert (limits["tokens_per_day"], limits["used_today"]) == (QUOTA, SPENT)
+    assert (limits["tokens_per_day"], limits["used_today"]) == (QUOTA, QUOTA)
     today = panel.locator('dd[data-figure="tokens-today"]')
-    expect(today).to_have_text(f"{SPENT} of {QUOTA} used, 0 left")
+    expect(today).to_have_text(f"{QUOTA} of {QUOTA} used, 0 left")
     expect(panel.locator('dd[data-figure="tokens-this-month"]')).to_have_text("No limit")
     assert axe_violations(tab) == []
     panel.locator(".panel-close").click()
@@ -124,13 +140,15 @@ def test_a_used_up_quota_is_refused_with_when_to_try_again_and_usage_matches(
 def test_a_start_refused_at_the_claim_says_why_and_retries(
     tab: Page, quota_relay: RelayServer
 ) -> None:
-    # The pre-check passes (nothing used yet); the claim cannot reserve the prompt: the page's
+    # The pre-check passes (some is left); the claim cannot reserve the prompt: the page's
     # EventSource fails unread, the ticket stays pending, and the page reads why.
     streams: list[str] = []
-    tab.on("request", lambda r: streams.append(r.method) if "/sse/" in r.url else None)
     chat = ChatPage(tab).open(quota_relay.url + "/")
-    answer = chat.send(LONG_PROMPT)
-    chat.wait_status(answer, "refused")
+    chat.wait_status(chat.send(SMALL_PROMPT), "completed")
+    tab.click("#new-chat")
+    expect(chat.messages).to_have_count(0)
+    tab.on("request", lambda r: streams.append(r.method) if "/sse/" in r.url else None)
+    answer = refused_start(chat, MIDDLE_PROMPT)
     error = answer.locator(".error")
     expect(error).to_contain_text("Could not start: Daily token quota reached.")
     assert_says_when(error.inner_text().removeprefix("Could not start: "))
@@ -149,7 +167,25 @@ def test_a_start_refused_at_the_claim_says_why_and_retries(
     assert len(streams) >= opened + 2
     assert tab.request.get(f"{quota_relay.url}/tickets/{ticket}").json()["status"] == "pending"
     usage = tab.request.get(quota_relay.url + "/usage").json()
+    assert usage["totals"]["tickets"] == 1 and usage["limits"]["user"]["reserved"] == 0
+
+
+def test_a_start_that_can_never_fit_the_quota_says_so(
+    tab: Page, quota_relay: RelayServer
+) -> None:
+    # More than the whole quota: no Retry-After, and the page shows the relay's sentence,
+    # not a time to come back.
+    answer = refused_start(ChatPage(tab).open(quota_relay.url + "/"), LONG_PROMPT)
+    error = answer.locator(".error")
+    expect(error).to_contain_text(
+        f"Could not start: This request can never fit your daily token quota ({QUOTA})")
+    expect(error).to_contain_text("send a shorter one")
+    assert "Try again" not in error.inner_text()
+    ticket = answer.get_attribute("data-ticket")
+    assert tab.request.get(f"{quota_relay.url}/tickets/{ticket}").json()["status"] == "pending"
+    usage = tab.request.get(quota_relay.url + "/usage").json()
     assert usage["totals"]["tickets"] == 0 and usage["limits"]["user"]["reserved"] == 0
+    assert axe_violations(tab) == []
 
 
 def test_estimated_figures_are_marked_and_a_price_gives_a_cost(

@@ -1,5 +1,6 @@
-"""Quotas and concurrent generations through real servers (two gevent workers on SQLite):
-never overdrawn by concurrent requests, and the usage rows equal the stored tickets."""
+"""Quotas and concurrent generations through real servers (two gevent workers on SQLite, and
+on PostgreSQL): never overdrawn by concurrent requests nor by an upstream that ignores
+`max_tokens`, and the usage rows equal the stored tickets."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ import httpx
 import psycopg
 import pytest
 
-from ..helpers import read_stream
+from relay.estimate import count_prompt, count_tokens
+
+from ..helpers import new_ticket, read_stream
 from .accounts import bearer, cli_output, new_user, signed_in
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
-from .usage_helpers import assert_settled, open_stream
+from .usage_helpers import Store, assert_settled, open_stream
 
 pytestmark = pytest.mark.timeout(120)
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -70,13 +73,12 @@ def test_a_daily_quota_is_never_overdrawn_by_concurrent_streams(
 
 
 def test_concurrent_generations_per_user(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
 ) -> None:
-    instance = tmp_path / "generations"
     relay = start_relay({
         "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
-        "RELAY_DEFAULT_MODEL": "echo", "RELAY_MAX_GENERATIONS": "2",
-    }, workers=2, instance=instance)
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_MAX_GENERATIONS": "2", **store.env,
+    }, workers=2, instance=store.instance)
     tag = uuid.uuid4().hex[:8]
     with httpx.Client(base_url=relay.url, timeout=30) as first, \
             httpx.Client(base_url=relay.url, timeout=30) as second:
@@ -100,13 +102,10 @@ def test_concurrent_generations_per_user(
             if status == 429:
                 assert body["error"]["code"] == "too_many_generations" and retry_after
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with closing(_store(instance)) as store:
-            if store.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0:
-                break
+    while store.rows("SELECT COUNT(*) AS n FROM reservations")[0]["n"] and (
+            time.monotonic() < deadline):
         time.sleep(0.1)
-    with closing(_store(instance)) as store:
-        assert_settled(store)
+    store.assert_settled()
 
 
 def test_concurrent_generations_per_key_with_overrides(
@@ -152,6 +151,35 @@ def test_concurrent_generations_per_key_with_overrides(
     assert everything["limits"]["user"]["max_generations"] == 20
     with closing(_store(relay.log_path.parent)) as store:
         assert_settled(store)
+
+
+def test_an_upstream_that_ignores_max_tokens_is_stopped_at_the_reserved_cap(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
+) -> None:
+    relay = start_relay({"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+                         "RELAY_DEFAULT_MODEL": "echo:10", "RELAY_TOKENS_PER_DAY": "1000",
+                         **store.env}, workers=2, instance=store.instance)
+    tag = uuid.uuid4().hex[:8]
+    # 200 chunks of `xxx` (a token each, by the estimate and by the fake's own count), 10 ms
+    # apart, whatever `max_tokens` says.
+    prompt = f"{tag}" + "x" * 600
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+        ticket = new_ticket(http, prompt, max_tokens=30)
+        events = read_stream(http, ticket["stream_url"])
+    done = events[-1][2]
+    assert (done["status"], done["finish_reason"]) == ("completed", "length")
+    text = "".join(data["delta"] for _, kind, data in events if kind == "message")
+    assert text == prompt[:90]  # 30 chunks: a token each, as the fake counts them
+    [call] = upstream.calls_with(tag)
+    assert call.max_tokens == 30  # asked, and ignored
+    assert call.ended.wait(10) and not call.completed  # relay closed the call
+    assert call.chunks_sent < 100
+    store.assert_settled()
+    [row] = store.rows("SELECT * FROM usage WHERE ticket_id = ?", (ticket["id"],))
+    # The call was closed before any usage report: estimated, and what was reserved.
+    assert row["estimated"] and row["status"] == "completed"
+    assert row["completion_tokens"] == 30 and row["delivered_tokens"] == count_tokens(text)
+    assert row["prompt_tokens"] == count_prompt([{"role": "user", "content": prompt}])
 
 
 @pytest.mark.postgres

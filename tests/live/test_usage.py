@@ -1,20 +1,18 @@
 """Usage through real servers: after every way a ticket ends (completed, cancelled running or
 pending, a reader gone, an upstream fault, its worker SIGKILLed and reaped) no reservation is
 left and the usage rows equal the stored tickets, one each, token for token; the upstream's
-report is used as is, its absence is estimated; `GET /usage` and `relay usage --json` agree."""
+report is used as is, its absence is estimated; `GET /usage` and `relay usage --json` agree; a
+deleted conversation's tickets keep their usage rows. Each on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +24,7 @@ from ..helpers import new_ticket, read_stream
 from .accounts import relay_cli
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
-from .usage_helpers import assert_settled
+from .usage_helpers import Store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -36,6 +34,11 @@ def _wait_for_chunks(upstream: FakeUpstream, tag: str, count: int) -> None:
     while not upstream.calls_with(tag) or upstream.calls_with(tag)[0].chunks_sent < count:
         assert time.monotonic() < deadline, "the upstream call did not start"
         time.sleep(0.02)
+
+
+def _json(value: Any) -> Any:
+    """A JSON column's value: text in SQLite, decoded already by psycopg."""
+    return value if isinstance(value, dict) else json.loads(value or "{}")
 
 
 def _reading(http: httpx.Client, ticket: dict[str, Any]) -> threading.Thread:
@@ -53,14 +56,14 @@ def _reading(http: httpx.Client, ticket: dict[str, Any]) -> threading.Thread:
 
 
 def test_usage_rows_equal_the_tickets_after_every_kind_of_end(
-    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, tmp_path: Path,
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
 ) -> None:
-    instance = tmp_path / "usage"
+    instance = store.instance
     # Limits on, so that every claim takes a reservation for the finishes to release.
     relay = start_relay({
         "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
         "RELAY_DEFAULT_MODEL": "echo", "RELAY_TOKENS_PER_DAY": "100000000",
-        "RELAY_MAX_GENERATIONS": "100", "RELAY_LEASE_SECONDS": "2",
+        "RELAY_MAX_GENERATIONS": "100", "RELAY_LEASE_SECONDS": "2", **store.env,
     }, workers=2, instance=instance)
     tag = uuid.uuid4().hex[:8]
     prompts: dict[str, str] = {}
@@ -95,9 +98,8 @@ def test_usage_rows_equal_the_tickets_after_every_kind_of_end(
         _reading(http, killed)
         _wait_for_chunks(upstream, killed_tag, 2)
         time.sleep(0.3)  # the two chunks committed
-        with closing(sqlite3.connect(instance / "relay.db")) as store:
-            claimed_by = store.execute("SELECT claimed_by FROM tickets WHERE id = ?",
-                                       (killed["id"],)).fetchone()[0]
+        [claim] = store.rows("SELECT claimed_by FROM tickets WHERE id = ?", (killed["id"],))
+        claimed_by = claim["claimed_by"]
         os.kill(int(claimed_by.split(":")[1]), signal.SIGKILL)
         deadline = time.monotonic() + 15
         while (shown := http.get(f"/tickets/{killed['id']}").json())["status"] == "running":
@@ -111,17 +113,15 @@ def test_usage_rows_equal_the_tickets_after_every_kind_of_end(
         mine = http.get("/usage").json()
         owner_cookies = dict(http.cookies)
 
-    with closing(sqlite3.connect(instance / "relay.db")) as store:
-        assert_settled(store)
-        store.row_factory = sqlite3.Row
-        tickets = {row["id"]: row for row in store.execute("SELECT * FROM tickets")}
-        rows = {row["ticket_id"]: row for row in store.execute("SELECT * FROM usage")}
+    store.assert_settled()
+    tickets = {row["id"]: row for row in store.rows("SELECT * FROM tickets")}
+    rows = {row["ticket_id"]: row for row in store.rows("SELECT * FROM usage")}
     assert set(prompts) <= set(rows)
     with httpx.Client(base_url=relay.url, timeout=30, cookies=owner_cookies) as http:
         for ticket_id, prompt in prompts.items():
             ticket, row = tickets[ticket_id], rows[ticket_id]
             text = http.get(f"/tickets/{ticket_id}").json()["text"]
-            said = json.loads(ticket["usage"] or "{}")
+            said = _json(ticket["usage"])
             assert (row["owner"], row["model"], row["status"]) == (
                 ticket["owner"], ticket["model"], ticket["status"])
             assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
@@ -151,7 +151,7 @@ def test_usage_rows_equal_the_tickets_after_every_kind_of_end(
     assert mine["totals"]["tickets"] == len(mine_rows)
     assert mine["totals"]["total_tokens"] == sum(r["total_tokens"] for r in mine_rows)
     assert mine["totals"]["estimated"] is True
-    listed = relay_cli(instance, "usage", "--json")
+    listed = relay_cli(instance, "usage", "--json", database_url=store.url)
     assert listed.returncode == 0, listed.stderr
     cli = json.loads(listed.stdout)
     cli_mine = [{k: v for k, v in r.items() if k not in ("owner", "user")}
@@ -164,3 +164,57 @@ def test_usage_rows_equal_the_tickets_after_every_kind_of_end(
         seen = other.get("/usage").json()
     assert seen["totals"]["tickets"] == 1
     assert seen["limits"]["user"]["tokens_per_day"] == 100000000
+
+
+def test_a_deleted_conversation_leaves_one_usage_row_per_ticket_that_reached_the_upstream(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, store: Store,
+) -> None:
+    relay = start_relay({
+        "OPENAI_API_KEY": "k", "OPENAI_BASE_URL": upstream.base_url,
+        "RELAY_DEFAULT_MODEL": "echo", "RELAY_TOKENS_PER_DAY": "100000000",
+        "RELAY_MAX_GENERATIONS": "100", "RELAY_LEASE_SECONDS": "2", **store.env,
+    }, workers=2, instance=store.instance)
+    tag = uuid.uuid4().hex[:8]
+    with httpx.Client(base_url=relay.url, timeout=30) as http:
+
+        def delete(ticket: dict[str, Any]) -> None:
+            # On a connection of its own: often another worker than the producer's.
+            with httpx.Client(base_url=relay.url, timeout=30, cookies=dict(http.cookies)) as other:
+                response = other.delete(f"/conversations/{ticket['conversation_id']}")
+            assert response.status_code == 204, response.text
+            assert http.get(f"/tickets/{ticket['id']}").status_code == 404
+
+        finished = new_ticket(http, f"{tag} finished, then deleted")
+        assert read_stream(http, finished["stream_url"])[-1][2]["status"] == "completed"
+        delete(finished)
+        # Generating (the upstream stalls after two chunks; its reader left): the delete
+        # cancels it, and its producer ends it with what it spent before it goes.
+        running_tag = f"{tag}-running"
+        prompts = {"running": f"{running_tag} " + "r" * 60, "killed": f"{tag}-killed " + "k" * 60}
+        running = new_ticket(http, prompts["running"], model="stall:2")
+        assert len(read_stream(http, running["stream_url"], stop_after=2)) == 2
+        delete(running)
+        assert upstream.calls_with(running_tag)[0].ended.wait(10)  # its call was closed
+        # Its worker killed: nobody ends it but the delete, from what the store holds.
+        killed = new_ticket(http, prompts["killed"], model="stall:2")
+        assert len(read_stream(http, killed["stream_url"], stop_after=2)) == 2
+        [claim] = store.rows("SELECT claimed_by FROM tickets WHERE id = ?", (killed["id"],))
+        os.kill(int(claim["claimed_by"].split(":")[1]), signal.SIGKILL)
+        delete(killed)
+        pending = new_ticket(http, f"{tag} never streamed")
+        delete(pending)
+    deleted = [finished["id"], running["id"], killed["id"], pending["id"]]
+    store.assert_settled(deleted=deleted)
+    rows = {row["ticket_id"]: row for row in store.rows("SELECT * FROM usage")}
+    assert [rows[t]["status"] for t in deleted] == [
+        "completed", "cancelled", "cancelled", "cancelled"]
+    # What each generated: the fake's report for the finished one, estimates of the two chunks
+    # (six characters) for the stopped ones, nothing for the one never sent upstream.
+    assert rows[finished["id"]]["prompt_tokens"] == 7 and not rows[finished["id"]]["estimated"]
+    for name, ticket in (("running", running), ("killed", killed)):
+        row = rows[ticket["id"]]
+        assert row["estimated"] and row["prompt_tokens"] == count_prompt(
+            [{"role": "user", "content": prompts[name]}])
+        assert row["completion_tokens"] == count_tokens(prompts[name][:6]), name
+    assert rows[pending["id"]]["total_tokens"] == 0
+    assert len(upstream.calls_with(tag)) == 3

@@ -14,6 +14,11 @@ export function isRefusal(error) {
 
 // The sentence for a refusal `{code, message, retryAfter}`.
 export function refusalText(error) {
+  // A request larger than the whole quota has no Retry-After (waiting will not help): the
+  // relay's sentence says what to change (a smaller max_tokens, a shorter prompt).
+  if (error.code === "quota_exceeded" && error.retryAfter == null && error.message) {
+    return error.message;
+  }
   return `${headline(error)} ${whenToRetry(error.retryAfter)}`;
 }
 
