@@ -208,7 +208,7 @@ def rename_conversation(conversation: Conversation, title: str) -> None:
 def delete_conversation(conversation: Conversation) -> bool:
     """Delete a conversation with its messages, tickets and their events; False (nothing
     deleted) while one of its tickets is generating, which must first end and leave its usage
-    row (`generation.delete_conversation`)."""
+    row (`deletion.delete_conversation`)."""
     # The tickets first: on SQLite this takes the write lock; on PostgreSQL a claim racing it
     # holds its ticket's row, which then is running and stays.
     deleted = db.session.scalars(

@@ -15,7 +15,7 @@ take turns: one with a batch of ten gets rounds 0..9, one arriving later with a 
 the current round, ahead of the batch's rest. (Ranking by the owner's running count alone, as
 first designed, forgets what an owner was just served: once a batch's first two ended together,
 its third ranked with a newcomer's ticket and won on age.) Must not use `request` or
-`g`, nor start producers (`generation.dispatch` does, with what `claim_queued` returns).
+`g`, nor start producers (`dispatch.dispatch` does, with what `claim_queued` returns).
 """
 
 from __future__ import annotations

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import gevent
 import orjson
 from flask import Flask, current_app
 
-from . import conversations, estimate, events, fairqueue, metrics, quotas, sse, tickets, usage
+from . import estimate, events, metrics, quotas, sse, tickets, usage
 from .broker import Broker
 from .db import storage_failure
-from .errors import Conflict, ErrorCode
+from .errors import ErrorCode
 from .events import Outcome, StoredEvent
 from .livelog import LiveLog
-from .models import Conversation, TicketStatus
+from .models import TicketStatus
 from .state import relay_state
 from .tickets import Verdict, worker_id
 from .upstream import ChatRequest, Delta, Finish, Upstream, UpstreamError
@@ -33,13 +34,7 @@ from .writer import STORE_FAILED, BatchWriter
 log = logging.getLogger("relay.generation")
 
 _producers: dict[str, Producer] = {}
-_stopping = False  # this worker shuts down: it takes no more tickets from the queue
-_READER_DISPATCH_SECONDS = 0.2  # how often this worker's queued readers may dispatch
-_last_reader_dispatch = 0.0
-_QUEUE_WATCH_SECONDS = 1.0
-# How long a conversation's delete waits for the producers it cancelled to end their tickets
-# (a cancel reaches another worker within RELAY_POLL_MS without Redis, at once with it).
-_DELETE_WAIT_SECONDS = 3.0
+_stopping = False  # this worker shuts down: it starts no more producers
 
 
 
@@ -88,7 +83,7 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
         if producer is not None:
             producer.chunks.close()
         raise
-    _run(producer)
+    run(producer)
     # The upstream already works on the request (sent as the producer was made, on an idle
     # pooled connection): let the producer start waiting for the answer while the stream's
     # response headers are written.
@@ -96,100 +91,10 @@ def claim_and_start(app: Flask, ticket_id: str, owner: str) -> bool:
     return True
 
 
-def _run(producer: Producer) -> None:
+def run(producer: Producer) -> None:
+    """Generate `producer`'s ticket in a greenlet of its own, known to this worker."""
     _producers[producer.ticket_id] = producer
     producer.greenlet = gevent.spawn(producer.run)
-
-
-def start_or_queue(app: Flask, ticket_id: str, owner: str) -> bool:
-    """`claim_and_start`, or with an upstream cap: queue `owner`'s pending ticket (reserving
-    its quota) and dispatch the queue; False when it is not theirs to start or queue."""
-    if fairqueue.cap(app) is None:
-        return claim_and_start(app, ticket_id, owner)
-    if not fairqueue.enqueue(app, ticket_id, owner):
-        return False
-    dispatch(app)
-    return True
-
-
-def dispatch(app: Flask) -> None:
-    """Give the upstream's free slots to queued tickets (fair order) and generate them here.
-
-    Called when a ticket is queued, when a producer ends, by queued readers and by every
-    worker's watcher (a killed worker tells nobody): whoever calls it first serves the queue,
-    on any worker or host."""
-    if _stopping:
-        return
-    try:
-        with app.app_context():
-            claimed, reaped = fairqueue.claim_queued(app, worker_id())
-    except Exception:
-        log.exception("could not dispatch the upstream queue")
-        return
-    broker = relay_state(app).broker
-    for ticket_id in reaped:
-        broker.notify(ticket_id)
-    for ticket in claimed:
-        _start_claimed(app, ticket)
-
-
-def watch_queue(app: Flask) -> None:
-    """Look at the upstream queue each second in this worker (started with it) and dispatch
-    when a slot is free: the waiting tickets of a worker that died may have no reader left."""
-    gevent.spawn(_watch_queue, app)
-
-
-def _watch_queue(app: Flask) -> None:
-    complained = 0.0
-    while not _stopping:
-        gevent.sleep(_QUEUE_WATCH_SECONDS)
-        try:
-            taken = fairqueue.snapshot(app)
-            if taken.positions and taken.free > 0:
-                dispatch(app)
-        except Exception as exc:  # the store is down: said once a minute, not every second
-            if time.monotonic() - complained > 60:
-                complained = time.monotonic()
-                log.warning("could not read the upstream queue (%s)", type(exc).__name__)
-
-
-def dispatch_for_reader(app: Flask) -> None:
-    """`dispatch` on behalf of a queued reader that saw a free slot, at most every 0.2 s per
-    worker, however many readers wait here."""
-    global _last_reader_dispatch
-    now = time.monotonic()
-    if now - _last_reader_dispatch >= _READER_DISPATCH_SECONDS:
-        _last_reader_dispatch = now
-        dispatch(app)
-
-
-def _start_claimed(app: Flask, ticket: fairqueue.Claimed) -> None:
-    """Start the producer of a queued ticket this worker just claimed; should that fail, end
-    the ticket failed (its claim would otherwise be renewed by this worker for ever)."""
-    producer: Producer | None = None
-    try:
-        with app.app_context():
-            request = tickets.claimed_request(ticket.ticket_id, worker_id())
-        if request is None:  # cancelled or deleted meanwhile: ended by whoever did that
-            return
-        if ticket.reserved and not request.get("max_tokens"):
-            # The answer's cap its reservation counted (`quotas.Admission.admit`).
-            request["max_tokens"] = app.config["DEFAULT_MAX_TOKENS_RESERVED"]
-        cap = request["max_tokens"] if ticket.reserved else None  # tokens were reserved
-        producer = Producer(app, ticket.ticket_id, ChatRequest.from_stored(request),
-                            ticket.reserved is not None, cap)
-    except Exception:
-        log.exception("could not start queued ticket %s", ticket.ticket_id)
-        outcome = _failed(ErrorCode.INTERNAL_ERROR, "The relay failed to start this answer.")
-        try:
-            with app.app_context():
-                tickets.finish_generation(ticket.ticket_id, worker_id(), outcome, [], "", 1,
-                                          usage.NOTHING_SENT, ticket.reserved is not None)
-        except Exception:
-            log.exception("could not end queued ticket %s", ticket.ticket_id)
-        relay_state(app).broker.notify(ticket.ticket_id)
-        return
-    _run(producer)
 
 
 def cancel(
@@ -207,27 +112,9 @@ def cancel(
     log.info("ticket %s cancel requested (%s)", ticket_id, why)
 
 
-def delete_conversation(app: Flask, conversation: Conversation) -> None:
-    """Delete a conversation once its tickets have ended, so that each that reached the upstream
-    leaves its usage row and releases its reservation: cancel them, give their producers a
-    moment to end them with what they spent, then end from the store any still running."""
-    for _ in range(3):  # again only if a ticket of it was started meanwhile
-        active = tickets.active_tickets(conversation.id)
-        for ticket in active:
-            cancel(ticket.id, "its conversation is deleted", app)
-        running = [ticket.id for ticket in active if ticket.status == TicketStatus.RUNNING]
-        deadline = time.monotonic() + _DELETE_WAIT_SECONDS
-        while running and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-            running = [ticket_id for ticket_id in running
-                       if (state := tickets.read_state(ticket_id)) is not None
-                       and state.status == TicketStatus.RUNNING]
-        for ticket_id in running:
-            tickets.end_for_deletion(ticket_id)
-        if conversations.delete_conversation(conversation):
-            return
-    raise Conflict("This conversation is still generating an answer; try again.",
-                   code=ErrorCode.CONVERSATION_BUSY)
+def stopping() -> bool:
+    """Whether this worker is shutting down (it then takes no more tickets from the queue)."""
+    return _stopping
 
 
 def stop_all(reason: str) -> None:
@@ -246,11 +133,11 @@ class Producer:
 
     __slots__ = ("app", "ticket_id", "chunks", "upstream", "broker", "writer", "log", "pending",
                  "text_parts", "greenlet", "waiting", "stop_reason", "started", "messages",
-                 "model", "reserved", "cap", "answer_chunks", "answer_estimate", "cut")
+                 "model", "reserved", "cap", "answer_chunks", "answer_estimate", "cut", "on_end")
 
     def __init__(
         self, app: Flask, ticket_id: str, request: ChatRequest, reserved: bool = False,
-        cap: int | None = None,
+        cap: int | None = None, on_end: Callable[[], object] | None = None,
     ) -> None:
         self.app = app
         self.ticket_id = ticket_id
@@ -263,6 +150,7 @@ class Producer:
         self.answer_chunks = 0  # counted only under a cap
         self.answer_estimate = 0
         self.cut = False
+        self.on_end = on_end  # spawned once the ticket has ended (the queue's next may start)
         state = relay_state(app)
         self.upstream: Upstream = state.upstream
         # Made in the claiming request's greenlet, which may send the request at once.
@@ -329,8 +217,8 @@ class Producer:
             status = outcome.status if isinstance(outcome, Outcome) else outcome
             log.info("ticket %s %s after %.2fs, %d chunks", self.ticket_id, status,
                      time.monotonic() - self.started, self.log.count)
-            if fairqueue.cap(self.app) is not None:
-                gevent.spawn(dispatch, self.app)  # its slot is free: the next queued ticket
+            if self.on_end is not None:
+                gevent.spawn(self.on_end)
 
     def _stream(self) -> Outcome | Verdict:
         """Relay the upstream's chunks until it finishes, fails or is stopped; the outcome, or
@@ -346,7 +234,7 @@ class Producer:
                 finally:
                     self.waiting = False
                 if item is None:
-                    return _failed(ErrorCode.UPSTREAM_ERROR,
+                    return failed(ErrorCode.UPSTREAM_ERROR,
                                    "The upstream ended without finishing the answer.")
                 if isinstance(item, Finish):
                     return Outcome(TicketStatus.COMPLETED, item.finish_reason, item.usage)
@@ -361,16 +249,16 @@ class Producer:
                 with self.app.app_context():
                     return tickets.cancelled_outcome(tickets.cancel_reason(self.ticket_id))
             if stop.reason == STORE_FAILED:
-                return _failed(ErrorCode.STORAGE_FULL, "The answer could not be stored.")
+                return failed(ErrorCode.STORAGE_FULL, "The answer could not be stored.")
             log.info("ticket %s stopped (%s)", self.ticket_id, stop.reason)
-            return _failed(ErrorCode.SERVER_SHUTDOWN,
+            return failed(ErrorCode.SERVER_SHUTDOWN,
                            "The relay was shutting down and stopped generating this answer.")
         except UpstreamError as exc:
-            return _failed(exc.code, exc.message)
+            return failed(exc.code, exc.message)
         except Exception:
             # The user gets a sentence; the log gets the type and frames (never the text).
             log.exception("producer of ticket %s crashed", self.ticket_id)
-            return _failed(ErrorCode.INTERNAL_ERROR,
+            return failed(ErrorCode.INTERNAL_ERROR,
                            "The relay failed while generating this answer.")
         finally:
             chunks.close()
@@ -447,9 +335,10 @@ class Producer:
         writes again (the ticket's lease is no longer renewed)."""
         log.warning("ticket %s: its end could not be stored (%s); its readers here end it",
                     self.ticket_id, code)
-        payload = _failed(code, "The answer could not be stored.").done_payload()
+        payload = failed(code, "The answer could not be stored.").done_payload()
         self.log.end_here(lambda seq: sse.encode(payload, event="done", id=seq))
 
 
-def _failed(code: ErrorCode, message: str) -> Outcome:
+def failed(code: ErrorCode, message: str) -> Outcome:
+    """A failed outcome with the contract's `code` and a plain sentence."""
     return Outcome(TicketStatus.FAILED, "error", error={"code": code, "message": message})

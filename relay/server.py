@@ -63,7 +63,7 @@ class RelayWorker(GeventWorker):
                 app, config["CLIENT_READ_TIMEOUT_SECONDS"], config["CLIENT_WRITE_TIMEOUT_SECONDS"]
             )
             if config["UPSTREAM_MAX_CONCURRENCY"] is not None:
-                from relay.generation import watch_queue
+                from relay.dispatch import watch_queue
 
                 watch_queue(app)  # type: ignore[arg-type]
 

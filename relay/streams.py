@@ -20,7 +20,7 @@ import gevent
 import orjson
 from flask import Flask
 
-from . import events, fairqueue, generation, metrics, sse, tickets
+from . import dispatch, events, fairqueue, generation, metrics, sse, tickets
 from .broker import Broker
 from .livelog import LiveLog
 from .models import FINISHED_STATUSES, TicketStatus
@@ -145,7 +145,7 @@ class _QueuedReader:
     def check(self) -> bytes | None:
         self.position, free = fairqueue.position(self.app, self.ticket_id)
         if self.position is not None and free:
-            generation.dispatch_for_reader(self.app)
+            dispatch.dispatch_for_reader(self.app)
             self.position, _ = fairqueue.position(self.app, self.ticket_id)
         if self.position is None or self.position == self.sent:
             return None

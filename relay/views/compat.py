@@ -19,6 +19,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import (
+    dispatch,
     events,
     fairqueue,
     generation,
@@ -101,7 +102,7 @@ def _complete(
     ticket = tickets.create_ticket(owner, completion.ticket, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     try:
-        started = generation.start_or_queue(app, ticket.id, owner)
+        started = dispatch.start_or_queue(app, ticket.id, owner)
     except TooManyRequests:
         generation.cancel(ticket.id, "refused by a limit", app)  # its client cannot come back
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from .. import conversations, generation
+from .. import conversations, deletion
 from ..errors import InvalidRequest
 from ..identity import current_owner
 from ..validation import read_json_object
@@ -49,5 +49,5 @@ def delete_conversation(conversation_id: str) -> tuple[str, int]:
     first (its upstream call closed)."""
     conversation = conversations.load_conversation(conversation_id, current_owner())
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    generation.delete_conversation(app, conversation)
+    deletion.delete_conversation(app, conversation)
     return "", 204

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from .. import generation, openstreams, sse, tickets
+from .. import dispatch, openstreams, sse, tickets
 from ..errors import ErrorCode, InvalidRequest
 from ..identity import current_owner
 from ..models import FINISHED_STATUSES
@@ -56,7 +56,7 @@ def _stream(
     # Flask answers with this view) gets the GET's status and headers without starting a call,
     # and a resume never starts one: a ticket with an event to resume from has started. With
     # an upstream cap, the first reader queues it instead (`fairqueue`).
-    if environ["REQUEST_METHOD"] == "HEAD" or last_seen > 0 or not generation.start_or_queue(
+    if environ["REQUEST_METHOD"] == "HEAD" or last_seen > 0 or not dispatch.start_or_queue(
         app, ticket_id, owner
     ):
         ticket = tickets.load_ticket(ticket_id, owner)
