@@ -248,9 +248,9 @@ def _limits_note(data: dict[str, Any]) -> list[str]:
         if key in ratios:
             on, off = (_get(sat, name, key) for name in ("relay_limits", "relay"))
             parts.append(f"{what} {_fmt(on)}{unit} vs {_fmt(off)}{unit} ({ratios[key]:.2f}x)")
-    return ["", "The cost of limits and quotas (relay with `RELAY_TOKENS_PER_DAY`, "
-            "`RELAY_REQUESTS_PER_MINUTE` and `RELAY_MAX_GENERATIONS` set never to refuse, "
-            "against relay without, same passes; on vs off, ratio): " + "; ".join(parts) + "."]
+    return ["", "The cost of limits and quotas (relay with every limit of `LIMITS_ON`, the "
+            "upstream queue's cap included, set never to refuse, against relay without, same "
+            "passes; on vs off, ratio): " + "; ".join(parts) + "."]
 
 
 def _compare_note(data: dict[str, Any]) -> list[str]:

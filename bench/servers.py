@@ -178,7 +178,9 @@ class Account:
 # Limits and quotas on, each set so high that it never refuses: what they cost, not what they
 # refuse (the `relay_limits` target, measured against `relay` in the same passes).
 LIMITS_ON = {"RELAY_TOKENS_PER_DAY": str(10**15), "RELAY_REQUESTS_PER_MINUTE": str(10**9),
-             "RELAY_MAX_GENERATIONS": str(10**6)}
+             "RELAY_ADDRESS_REQUESTS_PER_MINUTE": str(10**9), "RELAY_MAX_GENERATIONS": str(10**6),
+             "RELAY_MAX_STREAMS_PER_USER": str(10**6), "RELAY_MAX_STREAMS_PER_ADDRESS": str(10**6),
+             "RELAY_UPSTREAM_MAX_CONCURRENCY": str(10**6)}
 
 
 def start_relay(
