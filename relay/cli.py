@@ -190,12 +190,16 @@ class _Limit(click.ParamType):
         self.fail(f"{value!r} is not a number of 0 or more, or none", param, ctx)
 
 
-def _limit_options(command: Any) -> Any:
-    for name in reversed(quotas.LIMIT_NAMES):
-        flag = "--" + name.replace("_", "-")
-        command = click.option(flag, name, type=_Limit(),
-                               help="0 or none clears it (the setting applies).")(command)
-    return command
+def _limit_options(kind: str) -> Any:
+    def add(command: Any) -> Any:
+        for name in reversed(quotas.LIMIT_NAMES):
+            flag = "--" + name.replace("_", "-")
+            # Not a key's limit: hidden, and refused with set_limits's reason when given.
+            hidden = kind == "key" and name not in quotas.KEY_LIMIT_NAMES
+            command = click.option(flag, name, type=_Limit(), hidden=hidden,
+                                   help="0 or none clears it (the setting applies).")(command)
+        return command
+    return add
 
 
 def _set_limits(kind: str, ident: Any, label: str, changes: dict[str, int | None]) -> None:
@@ -208,10 +212,11 @@ def _set_limits(kind: str, ident: Any, label: str, changes: dict[str, int | None
 
 @users_group.command("limits")
 @click.argument("name")
-@_limit_options
+@_limit_options("user")
 @with_appcontext
 def users_limits(name: str, **changes: int | None) -> None:
-    """Show or change a user's limits (overriding RELAY_TOKENS_PER_DAY, ...)."""
+    """Show or change a user's limits (overriding RELAY_TOKENS_PER_DAY, ...,
+    RELAY_MAX_STREAMS_PER_USER)."""
     with _refusals():
         user = users.find_user(name)
     _set_limits("user", user.id, f"user {name}", changes)
@@ -219,7 +224,7 @@ def users_limits(name: str, **changes: int | None) -> None:
 
 @keys_group.command("limits")
 @click.argument("key_id")
-@_limit_options
+@_limit_options("key")
 @with_appcontext
 def keys_limits(key_id: str, **changes: int | None) -> None:
     """Show or change a key's limits (overriding RELAY_KEY_TOKENS_PER_DAY, ...)."""

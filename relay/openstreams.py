@@ -10,8 +10,11 @@ one row per slot, admitted in one transaction that inserts first and counts afte
 write lock, or PostgreSQL's advisory lock per scope, serialises them). No library counts
 concurrent holders this way (`limits` counts hits in windows, which a stream's end cannot give
 back). Every worker renews its slots' expiry every third of `RELAY_LEASE_SECONDS`, so the slots
-of a killed worker stop counting within a lease. When neither limit is set, nothing runs.
-Must not use `request` or `g`.
+of a killed worker stop counting within a lease. A signed-in user's limit is their override
+(`relay users limits --max-streams`, `quotas.max_streams`) when they have one, else the setting;
+an override only changes the limit a call checks, so it applies to the streams opened while
+it is set and counts those open already. When neither limit is set and no user or key has an
+override, nothing runs. Must not use `request` or `g`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import redis
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from . import sql
+from . import quotas, sql
 from .errors import ErrorCode, TooManyRequests
 from .signin import client_address
 from .state import relay_state
@@ -100,10 +103,12 @@ class StreamLimiter:
     def enabled(self) -> bool:
         return self.per_user is not None or self.per_address is not None
 
-    def admit(self, owner: str, address: str, *, take: bool = True) -> Slot | None:
+    def admit(self, owner: str, address: str, *, take: bool = True,
+              per_user: int | None = None) -> Slot | None:
         """A slot for one more stream of `owner` from `address`, or 429 `too_many_streams`;
-        with `take` False (a HEAD) only the check. None when no slot was taken."""
-        scopes = self._scopes(owner, address)
+        with `take` False (a HEAD) only the check. None when no slot was taken. `per_user`:
+        the owner's limit (their override), else the setting's."""
+        scopes = self._scopes(owner, address, self.per_user if per_user is None else per_user)
         if not scopes:
             return None
         slot_id = secrets.token_hex(16)
@@ -138,11 +143,12 @@ class StreamLimiter:
             log.warning("an open stream's slot could not be released (it expires): %s",
                         type(exc).__name__)
 
-    def _scopes(self, owner: str, address: str) -> list[tuple[str, str, int]]:
+    def _scopes(self, owner: str, address: str, per_user: int | None
+                ) -> list[tuple[str, str, int]]:
         """(scope name, store column, limit) of each limit that applies."""
         scopes = []
-        if self.per_user is not None:
-            scopes.append((f"user:{owner}", "owner", self.per_user))
+        if per_user is not None:
+            scopes.append((f"user:{owner}", "owner", per_user))
         if self.per_address is not None:
             scopes.append((f"address:{address}", "address", self.per_address))
         return scopes
@@ -241,11 +247,14 @@ def open_stream(app: Flask, owner: str, environ: dict[str, Any], *, take: bool =
                 ) -> Slot | None:
     """Admit one more stream of `owner` from the request's client address (429 when a limit
     is reached); its slot, to be released when the stream's response closes. None (and nothing
-    run) when no limit is set."""
+    run) when no limit is set and no override exists."""
     limiter = relay_state(app).open_streams
-    if not limiter.enabled:
+    overrides = quotas.any_override(app)  # looked for once a second
+    if not limiter.enabled and not overrides:
         return None
-    return limiter.admit(owner, client_address(environ, limiter.trusted), take=take)
+    per_user = quotas.max_streams(app, owner) if overrides else limiter.per_user
+    return limiter.admit(owner, client_address(environ, limiter.trusted), take=take,
+                         per_user=per_user)
 
 
 def held(body: Iterator[bytes], slot: Slot | None) -> Iterator[bytes]:

@@ -27,8 +27,12 @@ from .errors import ErrorCode, InvalidRequest, NotFound, TooManyRequests
 from .models import ApiKey, User
 from .state import relay_state
 
-LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations", "requests_per_minute")
+LIMIT_NAMES = ("tokens_per_day", "tokens_per_month", "max_generations", "requests_per_minute",
+               "max_streams")
 _CLAIM_LIMITS = LIMIT_NAMES[:3]  # what a claim checks (requests per minute: ratelimits.py)
+# Open streams count per user (with all their keys) and per address (openstreams.py), never per
+# key: a key's ticket is its user's, and its streams are theirs.
+KEY_LIMIT_NAMES = LIMIT_NAMES[:4]
 _RETRY_GENERATIONS = 5  # seconds: a generation usually ends within that
 _ADJECTIVES = {"day": "daily", "month": "monthly"}
 _ANY_OVERRIDE = (
@@ -54,6 +58,7 @@ class Limits:
     tokens_per_month: int | None = None
     max_generations: int | None = None
     requests_per_minute: int | None = None
+    max_streams: int | None = None  # open streams (openstreams.py); of a user only
 
     def any(self) -> bool:
         """Whether a claim has a limit of these to check."""
@@ -75,7 +80,7 @@ class Limits:
 
 def user_defaults(config: dict[str, Any]) -> Limits:
     return Limits(config["TOKENS_PER_DAY"], config["TOKENS_PER_MONTH"], config["MAX_GENERATIONS"],
-                  config["REQUESTS_PER_MINUTE"])
+                  config["REQUESTS_PER_MINUTE"], config["MAX_STREAMS_PER_USER"])
 
 
 def key_defaults(config: dict[str, Any]) -> Limits:
@@ -95,6 +100,21 @@ def admission(app: Flask) -> Admission | None:
 def any_override(app: Flask) -> bool:
     """Whether any user or key has a limit override (looked for once a second)."""
     return bool(relay_state(app).credentials.get(("limits", "any"), _any_override))
+
+
+def max_streams(app: Flask, owner: str) -> int | None:
+    """The open streams `owner` may have: their override, else `RELAY_MAX_STREAMS_PER_USER`
+    (looked up once a second)."""
+    config = app.config
+    if not owner.startswith("user:"):
+        return cast("int | None", config["MAX_STREAMS_PER_USER"])
+    return cast("int | None", relay_state(app).credentials.get(
+        ("max_streams", owner), lambda: _user_limits(config, owner).max_streams))
+
+
+def _user_limits(config: dict[str, Any], owner: str) -> Limits:
+    with sql.Transaction(db.engine) as tx:
+        return effective_scopes(tx, config, owner, None)[0].limits
 
 
 def _any_override() -> bool:
@@ -264,15 +284,22 @@ def limits_report(
     with sql.Transaction(db.engine) as tx:
         for scope in effective_scopes(tx, config, owner, key_id):
             state = read_state(tx, scope, day, month)
-            report[scope.name.split(":", 1)[0]] = {**scope.limits.json(), **state.__dict__}
+            limits = scope.limits.json()
+            if scope.column == "key_id":
+                del limits["max_streams"]  # not a key's limit
+            report[scope.name.split(":", 1)[0]] = {**limits, **state.__dict__}
     return report
 
 
 def set_limits(kind: str, ident: Any, changes: Any) -> dict[str, int | None]:
     """Change a user's (`kind` "user", by id) or key's ("key") overrides: each given name is set
     (a positive number) or cleared (0 or None); returns the overrides now stored."""
-    if not isinstance(changes, dict) or set(changes) - set(LIMIT_NAMES):
-        raise InvalidRequest(f"`limits` is an object of {', '.join(LIMIT_NAMES)}.")
+    names = LIMIT_NAMES if kind == "user" else KEY_LIMIT_NAMES
+    if kind == "key" and isinstance(changes, dict) and "max_streams" in changes:
+        raise InvalidRequest("`max_streams` is a user's limit, not a key's: open streams count "
+                             "per user (with all their keys) and per address.")
+    if not isinstance(changes, dict) or set(changes) - set(names):
+        raise InvalidRequest(f"`limits` is an object of {', '.join(names)}.")
     for name, value in changes.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or not 0 <= value < 2**53):
@@ -289,4 +316,4 @@ def set_limits(kind: str, ident: Any, changes: Any) -> dict[str, int | None]:
         merged = {name: value for name, value in merged.items() if value}
         conn.execute(table.update().where(table.c.id == ident).values(
             limits=merged or null()))
-    return {name: merged.get(name) for name in LIMIT_NAMES}
+    return {name: merged.get(name) for name in names}

@@ -12,12 +12,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import text
 
+from relay import apikeys, quotas
+from relay.cli import main
 from relay.db import db
-from relay.errors import TooManyRequests
+from relay.errors import InvalidRequest, TooManyRequests
 from relay.openstreams import Slot, StreamLimiter, held
 from relay.state import relay_state
 
 from .helpers import assert_error_shape
+from .test_accounts import make_user, sign_in
 from .test_quotas import _rows
 
 
@@ -142,3 +145,62 @@ def test_requests_per_minute_per_address(app: Flask) -> None:
     elsewhere = app.test_client().post("/new", json={"prompt": "y", "model": "mock-echo"},
                                        environ_base={"REMOTE_ADDR": "10.0.0.2"})
     assert elsewhere.status_code == 201
+
+
+def test_a_users_override_of_open_streams_is_their_limit(app: Flask) -> None:
+    app.config["AUTH"] = "accounts"
+    make_user(app, "root", admin=True)
+    make_user(app, "alice")
+    make_user(app, "bob")
+    admin = sign_in(app, "root")
+    changed = admin.patch("/admin/users/alice", json={"limits": {"max_streams": 1}})
+    assert changed.get_json()["user"]["limits"] == {"max_streams": 1}
+    time.sleep(1.0 - time.monotonic() % 1.0)  # overrides are looked for once a second
+    alice, bob = sign_in(app, "alice"), sign_in(app, "bob")
+    # No setting: the override alone turns the limiter on, for alice and nobody else.
+    alices = _open_streams(alice, 2)
+    assert alices[0].status_code == 200
+    error = assert_error_shape(alices[1], 429, "too_many_streams")
+    assert "for you (at most 1)" in error["message"]
+    bobs = _open_streams(bob, 3)
+    assert [response.status_code for response in bobs] == [200] * 3
+    assert _rows(app, "SELECT COUNT(*) FROM open_streams") == [(1,)]  # alice's alone
+    for response in alices + bobs:
+        response.close()
+    # With a setting, the others have it and alice keeps her override, lower or higher.
+    _limit(app, MAX_STREAMS_PER_USER=2)
+    assert [r.status_code for r in _open_streams(bob, 3)] == [200, 200, 429]
+    admin.patch("/admin/users/alice", json={"limits": {"max_streams": 3}})
+    time.sleep(1.0 - time.monotonic() % 1.0)
+    assert [r.status_code for r in _open_streams(alice, 4)] == [200, 200, 200, 429]
+    assert sign_in(app, "alice").get("/usage").get_json()["limits"]["user"]["max_streams"] == 3
+
+
+def _open_streams(client: FlaskClient, count: int) -> list[Any]:
+    """`count` new tickets of `client`, each with its stream opened (not read, so held)."""
+    opened = []
+    for n in range(count):
+        ticket = client.post("/new", json={"prompt": f"p{n}", "model": "mock-echo"}).get_json()
+        opened.append(client.get(ticket["stream_url"], buffered=False))
+    return opened
+
+
+def test_a_key_has_no_open_streams_override(app: Flask) -> None:
+    app.config["AUTH"] = "accounts"
+    user = make_user(app, "alice")
+    with app.app_context():
+        listing, _ = apikeys.create_key(user, app.secret_key or "")
+        with pytest.raises(InvalidRequest) as refused:
+            quotas.set_limits("key", listing["id"], {"max_streams": 2})
+        assert "`max_streams` is a user's limit, not a key's" in refused.value.message
+        stored = quotas.set_limits("key", listing["id"], {"max_generations": 2})
+        assert "max_streams" not in stored
+        assert "max_streams" not in quotas.limits_report(
+            app.config, user.owner, listing["id"])["key"]
+        assert not quotas.Limits(max_streams=1).any()  # not a claim's limit
+    runner = app.test_cli_runner()
+    said = runner.invoke(main, ["keys", "limits", listing["id"], "--max-streams", "2"])
+    assert said.exit_code == 1 and "a user's limit, not a key's" in said.output
+    assert "--max-streams" not in runner.invoke(main, ["keys", "limits", "--help"]).output
+    said = runner.invoke(main, ["users", "limits", "alice", "--max-streams", "2"])
+    assert said.exit_code == 0 and "max_streams=2" in said.output, said.output
