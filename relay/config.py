@@ -237,7 +237,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Streams (`GET /sse/<id>`, streamed `/v1/chat/completions`) each user may have open "
             "at once, on every worker and host together; one more is refused before it starts "
             "(`429` `too_many_streams`). A killed worker's streams stop counting after "
-            "`RELAY_LEASE_SECONDS`. Unset: no limit."),
+            "`RELAY_LEASE_SECONDS`. Unset: no limit. `relay users limits --max-streams` "
+            "overrides it per user (not per key: a key's streams are its user's)."),
     Setting("RELAY_MAX_STREAMS_PER_ADDRESS", "MAX_STREAMS_PER_ADDRESS", None, _positive(int),
             "Streams each client address may have open at once, as `RELAY_MAX_STREAMS_PER_USER` "
             "(the address as for `RELAY_ADDRESS_REQUESTS_PER_MINUTE`: behind a proxy not in "
