@@ -11,9 +11,10 @@ write lock, or PostgreSQL's advisory lock per scope, serialises them). No librar
 concurrent holders this way (`limits` counts hits in windows, which a stream's end cannot give
 back). Every worker renews its slots' expiry every third of `RELAY_LEASE_SECONDS`, so the slots
 of a killed worker stop counting within a lease. A signed-in user's limit is their override
-(`relay users limits --max-streams`, `quotas.max_streams`) when they have one, else the setting;
-an override only changes the limit a call checks, so it applies to the streams opened while
-it is set and counts those open already. When neither limit is set and no user or key has an
+(`relay users limits --max-streams`, `quotas.max_streams`, seen within a second) when they have
+one, else the setting: an override only changes the limit an admission checks (with Redis, the
+script's argument), so a user's streams opened while no per-user limit applied to them took no
+place and do not count against it. When neither limit is set and no user or key has an
 override, nothing runs. Must not use `request` or `g`.
 """
 

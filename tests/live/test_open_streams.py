@@ -1,7 +1,8 @@
 """Open streams per user and per address through real servers: one stream over the limit is
 refused `429 too_many_streams` before it starts, exactly so when the streams are opened at once on
 two gevent workers (SQLite), and across two hosts (on PostgreSQL alone, and with Redis); closing
-a stream gives its place back, and a SIGKILLed worker's streams stop counting. The chat page says
+a stream gives its place back, and a SIGKILLed worker's streams stop counting; a user's override
+(`relay users limits --max-streams`) is their limit alone. The chat page says
 a refused stream (at its start, or on a reconnect mid-answer) and retries it."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Locator, expect
 
 from ..helpers import new_ticket
+from .accounts import bearer, cli_output, new_key, new_user, relay_cli, signed_in
 from .browser_helpers import DESKTOP, ChatPage, SeveringProxy, axe_violations, page_errors
 from .fake_upstream import FakeUpstream
 from .relay_server import RelayServer
@@ -79,7 +81,8 @@ def _assert_refused(stream: Stream, who: str, limit: int) -> None:
     assert stream.response.headers["Retry-After"] == "5"
 
 
-def _admitted_again(url: str, path: str, headers: dict[str, str], within: float = 15) -> Stream:
+def _admitted_again(url: str, path: str, headers: dict[str, str], within: float = 15,
+                    limit: int = 2) -> Stream:
     """Open `path` until it is admitted (a closed stream's place is given back once its server
     notices, at its next heartbeat at the latest)."""
     deadline = time.monotonic() + within
@@ -87,7 +90,7 @@ def _admitted_again(url: str, path: str, headers: dict[str, str], within: float 
         stream = Stream(url, path, headers)
         if stream.status == 200:
             return stream
-        _assert_refused(stream, "you", 2)
+        _assert_refused(stream, "you", limit)
         assert time.monotonic() < deadline, "the place was not given back"
         time.sleep(0.2)
 
@@ -210,6 +213,44 @@ def test_streams_per_user_across_two_hosts_on_postgresql(
 
     # Counted by Redis, the store's table is never written; else it holds the two admitted.
     _check_limit_of_two([host.url for host in hosts], stored, 0 if redis else 2)
+
+
+@pytest.mark.parametrize("redis", [False, pytest.param(True, marks=pytest.mark.redis)],
+                         ids=["store", "redis"])
+def test_a_users_override_is_their_limit_and_nobody_elses(
+    start_relay: Callable[..., RelayServer], upstream: FakeUpstream, redis: bool,
+) -> None:
+    # No RELAY_MAX_STREAMS_PER_USER: the override alone turns the limit on, for that user.
+    relay = start_relay(_env(upstream, RELAY_AUTH="accounts", RELAY_HEARTBEAT_SECONDS="2",
+                             **({"REDIS_URL": REDIS_URL} if redis else {})), workers=2)
+    limited, other = new_user(relay, "limited"), new_user(relay, "other")
+    assert "max_streams=1" in cli_output(relay, "users", "limits", limited, "--max-streams", "1")
+    key_id, key = new_key(relay, limited)
+    by_key = relay_cli(relay, "keys", "limits", key_id, "--max-streams", "1")
+    assert by_key.returncode != 0 and "a user's limit, not a key's" in by_key.stderr
+    time.sleep(1.1)  # overrides are looked for once a second
+    limited_headers, other_headers = _session(relay, limited), _session(relay, other)
+    paths = _tickets(relay.url, limited_headers, 2)
+    with streams_of([Stream(relay.url, path, limited_headers) for path in paths]) as opened:
+        assert [stream.status for stream in opened] == [200, 429]
+        _assert_refused(opened[1], "you", 1)
+        # A stream of their API key is theirs: refused as well.
+        opened.append(Stream(relay.url, _tickets(relay.url, bearer(key), 1)[0], bearer(key)))
+        _assert_refused(opened[-1], "you", 1)
+        others = [Stream(relay.url, path, other_headers)
+                  for path in _tickets(relay.url, other_headers, 3)]
+        opened.extend(others)
+        assert [stream.status for stream in others] == [200, 200, 200]
+        with httpx.Client(base_url=relay.url, timeout=30, headers=limited_headers) as http:
+            assert http.get("/usage").json()["limits"]["user"]["max_streams"] == 1
+        opened[0].close()  # its place is given back: the refused one is admitted
+        opened.append(_admitted_again(relay.url, paths[1], limited_headers, limit=1))
+
+
+def _session(relay: RelayServer, name: str) -> dict[str, str]:
+    """Headers carrying a new session of `name`."""
+    with signed_in(relay, name) as http:
+        return {"Cookie": "; ".join(f"{key}={value}" for key, value in http.cookies.items())}
 
 
 @pytest.fixture()
