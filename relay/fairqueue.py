@@ -51,6 +51,7 @@ _QUEUED = (
     "SELECT id, queue_round, queued_at FROM tickets "
     "WHERE status = 'pending' AND queued_at IS NOT NULL"
 )
+_ANY_QUEUED = "SELECT 1 FROM tickets WHERE status = 'pending' AND queued_at IS NOT NULL LIMIT 1"
 _RUNNING = "SELECT lease_expires_at FROM tickets WHERE status = 'running'"
 _EXPIRED = "SELECT id FROM tickets WHERE status = 'running' AND lease_expires_at < ?"
 _CLAIM = (
@@ -130,7 +131,10 @@ def claim_queued(app: Flask, worker_id: str) -> tuple[list[Claimed], list[str]]:
     now = time.time()
     with sql.Transaction(db.engine) as tx:
         expired = [row[0] for row in tx.execute(_EXPIRED, (now,)).fetchall()]
+        waiting = tx.execute(_ANY_QUEUED).fetchone() is not None
     reaped = [ticket_id for ticket_id in expired if tickets.reap_if_expired(ticket_id) is not None]
+    if not waiting:  # nothing to claim; a ticket queued after this read is dispatched by its
+        return [], reaped  # enqueuer: no write (on SQLite, a synced commit) for nothing
     lease = app.config["LEASE_SECONDS"]
     with sql.Transaction(db.engine) as tx:
         tx.execute(_LOCK)
