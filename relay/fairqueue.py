@@ -52,7 +52,8 @@ _QUEUED = (
     "WHERE status = 'pending' AND queued_at IS NOT NULL"
 )
 _ANY_QUEUED = "SELECT 1 FROM tickets WHERE status = 'pending' AND queued_at IS NOT NULL LIMIT 1"
-_RUNNING = "SELECT lease_expires_at FROM tickets WHERE status = 'running'"
+_RUNNING = "SELECT COUNT(*) FROM tickets WHERE status = 'running'"
+_LIVE = "SELECT COUNT(*) FROM tickets WHERE status = 'running' AND lease_expires_at >= ?"
 _EXPIRED = "SELECT id FROM tickets WHERE status = 'running' AND lease_expires_at < ?"
 _CLAIM = (
     "UPDATE tickets SET status = 'running', claimed_by = ?, started_at = ?, lease_expires_at = ? "
@@ -138,7 +139,7 @@ def claim_queued(app: Flask, worker_id: str) -> tuple[list[Claimed], list[str]]:
     lease = app.config["LEASE_SECONDS"]
     with sql.Transaction(db.engine) as tx:
         tx.execute(_LOCK)
-        free = limit - len(tx.execute(_RUNNING).fetchall())
+        free = limit - int(tx.execute(_RUNNING).fetchone()[0])
         if free <= 0:
             return [], reaped
         queued = tx.execute(_QUEUED).fetchall()
@@ -173,11 +174,9 @@ def snapshot(app: Flask, fresh: bool = False) -> Snapshot:
     known = _snapshots.get(app)
     if known is not None and not fresh and now - known.taken < _SNAPSHOT_SECONDS:
         return known
-    wall = time.time()
     with app.app_context(), sql.Transaction(db.engine) as tx:
-        leases = tx.execute(_RUNNING).fetchall()
+        live = int(tx.execute(_LIVE, (time.time(),)).fetchone()[0])
         queued = tx.execute(_QUEUED).fetchall()
-    live = sum(1 for row in leases if (row[0] or 0) >= wall)
     order = fair_order(queued)
     taken = Snapshot(now, {ticket_id: n for n, ticket_id in enumerate(order, 1)},
                      (cap(app) or 0) - live)

@@ -29,6 +29,7 @@ from limits.strategies import FixedWindowRateLimiter
 from . import quotas, sql
 from .db import db
 from .errors import ErrorCode, TooManyRequests
+from .signin import client_address
 from .state import relay_state
 
 WINDOW_SECONDS = 60
@@ -72,15 +73,17 @@ def refusal(counts: list[Count], now: float) -> TooManyRequests | None:
     return None
 
 
-def check_new_request(app: Flask, owner: str, key_id: str | None, address: str) -> None:
+def check_new_request(
+    app: Flask, owner: str, key_id: str | None, environ: dict[str, Any]
+) -> None:
     """Every limit a new request (`POST /new`, `/v1/chat/completions`) meets before anything is
     stored: its requests per minute counted, then its quotas checked (429 when over)."""
-    check_requests(app, owner, key_id, address)
+    check_requests(app, owner, key_id, environ)
     # A page's EventSource cannot read the claim's 429 on /sse: the quotas refuse here first.
     quotas.precheck(app, owner, key_id)
 
 
-def check_requests(app: Flask, owner: str, key_id: str | None, address: str = "") -> None:
+def check_requests(app: Flask, owner: str, key_id: str | None, environ: dict[str, Any]) -> None:
     """Count a request against its user's, key's and address's requests per minute; raise 429
     `rate_limited` when one is over."""
     config = app.config
@@ -93,6 +96,7 @@ def check_requests(app: Flask, owner: str, key_id: str | None, address: str = ""
     limits = state.credentials.get(("requests_per_minute", owner, key_id),
                                    lambda: _limits(config, owner, key_id, overrides))
     if per_address is not None:
+        address = client_address(environ, config["TRUSTED_PROXIES"])
         limits = [*limits, (f"address:{address}", per_address)]
     if not limits:
         return

@@ -10,7 +10,6 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from .. import events, generation, metrics, ratelimits, tickets
 from ..identity import AuthKind, current_owner, current_principal
 from ..models import FINISHED_STATUSES
-from ..signin import client_address
 from ..state import relay_state
 from ..streams import reap_if_expired
 from ..streamtokens import make_token
@@ -31,8 +30,7 @@ def new_ticket() -> Response:
     principal.check_model(spec.model)
     key_id = principal.key.id if principal.key is not None else None
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    ratelimits.check_new_request(app, owner, key_id, client_address(
-        request.environ, app.config["TRUSTED_PROXIES"]))
+    ratelimits.check_new_request(app, owner, key_id, request.environ)
     ticket = tickets.create_ticket(owner, spec, key_id)
     metrics.soon(metrics.TICKETS_CREATED.inc)
     # What url_for("stream.stream") gives, without the URL map on the hot path.

@@ -33,7 +33,6 @@ from .. import (
 from ..errors import ErrorCode, InternalError, TooManyRequests, error_response
 from ..identity import current_owner, current_principal
 from ..models import TicketStatus
-from ..signin import client_address
 from ..state import relay_state
 from ..upstream import UpstreamError
 from ..validation import ChatCompletionRequest, parse_chat_completion, read_json_object
@@ -83,8 +82,7 @@ def chat_completions() -> Response:
     principal.check_model(completion.ticket.model)
     key_id = principal.key.id if principal.key is not None else None
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    ratelimits.check_new_request(app, owner, key_id, client_address(
-        request.environ, app.config["TRUSTED_PROXIES"]))
+    ratelimits.check_new_request(app, owner, key_id, request.environ)
     # A stream's place is taken before anything is stored; given back when its response closes.
     slot = openstreams.open_stream(app, owner, request.environ) if completion.stream else None
     try:
